@@ -1,0 +1,134 @@
+"""Public operator API (DESIGN.md "Operator contracts").
+
+The compiled kernels are loaded from ``seqclr_ext._C``; their autograd formulas and fake
+(meta) kernels are registered here, so the ops work under autograd, ``opcheck`` and
+``torch.compile(fullgraph=True)``. With ``SEQCLR_EXT_REFERENCE=1`` every op runs its
+plain-PyTorch reference instead (for machines without the built extension).
+``SEQCLR_EXT_LIBRARY=/path/lib.so`` loads the kernels from another build of ``csrc/``
+(the CMake sanitizer build does this).
+"""
+import importlib.util
+import os
+
+import torch
+
+from . import reference
+
+USE_REFERENCE = os.environ.get("SEQCLR_EXT_REFERENCE", "0") == "1"
+
+__all__ = ["seq_nce", "nce_rows", "reference", "USE_REFERENCE"]
+
+
+def _load_library():
+    path = os.environ.get("SEQCLR_EXT_LIBRARY")
+    if not path:
+        spec = importlib.util.find_spec("seqclr_ext._C")
+        if spec is None or spec.origin is None:
+            raise ImportError(
+                "seqclr_ext's compiled kernels (seqclr_ext._C) are not built: run "
+                "`pip install --no-build-isolation .` (and import the installed package, "
+                "not the source folder), or set SEQCLR_EXT_REFERENCE=1 to use the "
+                "plain-PyTorch references")
+        path = spec.origin
+    torch.ops.load_library(path)
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _instances_per_view(frames, lengths, mapping, num_windows):
+    if mapping == "frame":
+        return frames.shape[0]
+    return lengths.shape[0] * (1 if mapping == "all" else num_windows)
+
+
+def _register():
+    lib = "seqclr_ext::"
+
+    @torch.library.register_fake(lib + "seq_nce")
+    def _(frames_a, frames_b, lengths, mapping, num_windows, temperature):
+        torch._check(frames_a.shape == frames_b.shape,
+                     lambda: "frames_a and frames_b must have the same shape")
+        m2 = 2 * _instances_per_view(frames_a, lengths, mapping, num_windows)
+        acc = _acc_dtype(frames_a.dtype)
+        return (frames_a.new_empty(()), frames_a.new_empty((m2, frames_a.shape[1])),
+                frames_a.new_empty((m2,), dtype=acc), frames_a.new_empty((m2,), dtype=acc))
+
+    @torch.library.register_fake(lib + "seq_nce_backward")
+    def _(grad_loss, instances, norms, lse, lengths, mapping, num_windows, temperature,
+          total_frames):
+        shape = (total_frames, instances.shape[1])
+        return instances.new_empty(shape), instances.new_empty(shape)
+
+    @torch.library.register_fake(lib + "nce_rows")
+    def _(rows, cols, positive, exclude, temperature):
+        n = rows.shape[0]
+        return rows.new_empty((n,)), rows.new_empty((n,), dtype=_acc_dtype(rows.dtype))
+
+    @torch.library.register_fake(lib + "nce_rows_backward")
+    def _(grad_loss, rows, cols, positive, exclude, lse, temperature):
+        return torch.empty_like(rows), torch.empty_like(cols)
+
+    def seq_nce_setup(ctx, inputs, output):
+        _, _, lengths, mapping, num_windows, temperature = inputs
+        _, instances, norms, lse = output
+        ctx.save_for_backward(instances, norms, lse, lengths)
+        ctx.args = (mapping, num_windows, temperature, inputs[0].shape[0])
+
+    def seq_nce_backward(ctx, grad_loss, *_unused):
+        instances, norms, lse, lengths = ctx.saved_tensors
+        grad_a, grad_b = torch.ops.seqclr_ext.seq_nce_backward(
+            grad_loss, instances, norms, lse, lengths, *ctx.args)
+        return grad_a, grad_b, None, None, None, None
+
+    torch.library.register_autograd(lib + "seq_nce", seq_nce_backward, setup_context=seq_nce_setup)
+
+    def nce_rows_setup(ctx, inputs, output):
+        rows, cols, positive, exclude, temperature = inputs
+        ctx.save_for_backward(rows, cols, positive, exclude, output[1])
+        ctx.temperature = temperature
+
+    def nce_rows_backward(ctx, grad_loss, _grad_lse):
+        rows, cols, positive, exclude, lse = ctx.saved_tensors
+        grad_rows, grad_cols = torch.ops.seqclr_ext.nce_rows_backward(
+            grad_loss, rows, cols, positive, exclude, lse, ctx.temperature)
+        return grad_rows, grad_cols, None, None, None
+
+    torch.library.register_autograd(lib + "nce_rows", nce_rows_backward,
+                                    setup_context=nce_rows_setup)
+
+
+if not USE_REFERENCE:
+    _load_library()
+    _register()
+
+
+def seq_nce(frames_a, frames_b, lengths, *, mapping="window", num_windows=5, temperature=0.1):
+    """SeqCLR's sequence contrastive loss (DESIGN.md §1), fused.
+
+    frames_a, frames_b: [total_frames, F] packed frames of two augmented views (image i is
+    rows offsets[i]:offsets[i+1]); lengths: [N] int64 frames per image, on the same device;
+    mapping: "all" (one instance per image), "window" (num_windows adaptive-average windows
+    per image) or "frame" (one per frame); temperature: τ > 0. Returns the scalar mean
+    NT-Xent loss over the 2M instances of both views; gradients flow to both views.
+    """
+    if USE_REFERENCE:
+        return reference.seq_nce(frames_a, frames_b, lengths, mapping=mapping,
+                                 num_windows=num_windows, temperature=temperature)
+    return torch.ops.seqclr_ext.seq_nce(frames_a, frames_b, lengths, mapping, num_windows,
+                                        temperature)[0]
+
+
+def nce_rows(rows, cols, positive, exclude, *, temperature=0.1):
+    """The primitive under seq_nce: per-row NT-Xent of rows [R, F] against cols [C, F].
+
+    positive: [R] int64 column of each row's positive; exclude: [R] int64 column left out
+    of each row's denominator (its own copy among the columns), -1 for none. Rows and
+    columns are used as given (normalize them first for cosine similarity). Returns the
+    per-row losses [R]; distributed training calls it with local rows against the columns
+    gathered from every rank.
+    """
+    if USE_REFERENCE:
+        return reference.nce_rows(rows, cols, positive, exclude, temperature=temperature)
+    return torch.ops.seqclr_ext.nce_rows(rows, cols, positive, exclude, temperature)[0]
