@@ -1,8 +1,8 @@
 // CPU kernels of seq_nce and nce_rows (DESIGN.md §1).
 //
 // The similarity matrix is never stored: rows are processed in blocks, each block sweeps
-// the columns in tiles (a BLAS GEMM into a per-thread buffer) and keeps an online
-// log-sum-exp. The backward recomputes each tile from the saved per-row log-sum-exp.
+// the columns in tiles (a BLAS GEMM into a per-thread [kRows, kCols] buffer) and keeps an
+// online log-sum-exp. The backward recomputes each tile from the saved per-row log-sum-exp.
 // Row blocks own their gradient rows and column blocks their gradient columns, so the
 // result is deterministic without atomics. Everything accumulates in float32 (float64 for
 // float64 inputs).
@@ -11,9 +11,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
+#include <ATen/ops/amax.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -21,6 +25,8 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
+#include <utility>
 #include <vector>
 
 namespace seqclr_ext {
@@ -30,70 +36,48 @@ constexpr int64_t kRows = 128;  // rows per block
 constexpr int64_t kCols = 512;  // columns per tile
 constexpr double kNormEps = 1e-8;
 
-// A row-major [rows, cols] matrix with leading dimension ld, viewed as a tensor (no copy).
-template <typename acc_t>
-at::Tensor matrix(const acc_t* data, int64_t rows, int64_t cols, int64_t ld) {
-  return at::from_blob(const_cast<acc_t*>(data), {rows, cols}, {ld, 1},
-                       at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
-}
-
-// tile[i * ld + j] = <a_i, b_j> for i < na, j < nb; a and b are row-major with F columns.
-// The GEMMs go to ATen's BLAS (single-threaded inside our parallel region).
-template <typename acc_t>
-void dot_tile(const acc_t* a, int64_t na, const acc_t* b, int64_t nb, int64_t F, acc_t* tile,
-              int64_t ld) {
-  at::Tensor out = matrix(tile, na, nb, ld);
-  at::mm_out(out, matrix(a, na, F, F), matrix(b, nb, F, F).t());
-}
-
-// out[na, F] += tile[na, nb] · b[nb, F].
-template <typename acc_t>
-void add_tile_times(const acc_t* tile, int64_t na, int64_t nb, int64_t ld, const acc_t* b,
-                    int64_t F, acc_t* out) {
-  matrix(out, na, F, F).addmm_(matrix(tile, na, nb, ld), matrix(b, nb, F, F));
-}
-
-template <typename acc_t>
+// One NCE problem: rows q [R, F] against columns k [C, F] (contiguous, accumulation dtype),
+// row r's positive column pos[r] and excluded column excl[r] (-1: none).
 struct NceProblem {
-  const acc_t* q;  // [R, F] rows
-  const acc_t* k;  // [C, F] columns
-  int64_t R, C, F;
-  const int64_t* pos;   // [R] positive column of each row
-  const int64_t* excl;  // [R] column left out of each row's denominator, or -1
-  acc_t inv_tau;
+  at::Tensor q, k;
+  const int64_t* pos;
+  const int64_t* excl;
+  double inv_tau;
 };
 
+// The tiles are per-thread buffers filled by ATen's BLAS and transformed in place by
+// ATen's vectorized elementwise kernels (single-threaded inside our parallel region).
 template <typename acc_t>
-void nce_forward(const NceProblem<acc_t>& p, acc_t* loss, acc_t* lse) {
-  const int64_t blocks = (p.R + kRows - 1) / kRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<acc_t> tile(kRows * kCols);
+void nce_forward(const NceProblem& p, acc_t* loss, acc_t* lse) {
+  const int64_t R = p.q.size(0), C = p.k.size(0);
+  at::parallel_for(0, (R + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+    const at::AutoDispatchBelowADInplaceOrView no_autograd;  // not inherited by workers
+    at::Tensor buf = at::empty({kRows, kCols}, p.q.options());
+    at::Tensor block_max = at::empty({kRows, 1}, p.q.options());
+    at::Tensor block_sum = at::empty({kRows}, p.q.options());
     std::array<acc_t, kRows> m, s, pos_logit;
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = b * kRows, nr = std::min(kRows, p.R - r0);
+      const int64_t r0 = b * kRows, nr = std::min(kRows, R - r0);
       m.fill(-std::numeric_limits<acc_t>::infinity());
       s.fill(acc_t(0));
-      for (int64_t c0 = 0; c0 < p.C; c0 += kCols) {
-        const int64_t nc = std::min(kCols, p.C - c0);
-        dot_tile(p.q + r0 * p.F, nr, p.k + c0 * p.F, nc, p.F, tile.data(), kCols);
+      for (int64_t c0 = 0; c0 < C; c0 += kCols) {
+        const int64_t nc = std::min(kCols, C - c0);
+        at::Tensor x = buf.narrow(0, 0, nr).narrow(1, 0, nc);
+        at::mm_out(x, p.q.narrow(0, r0, nr), p.k.narrow(0, c0, nc).t());
+        x.mul_(p.inv_tau);
+        acc_t* xp = buf.data_ptr<acc_t>();
         for (int64_t i = 0; i < nr; ++i) {
-          acc_t* x = tile.data() + i * kCols;
-          acc_t block_max = -std::numeric_limits<acc_t>::infinity();
-          for (int64_t j = 0; j < nc; ++j) {
-            x[j] *= p.inv_tau;
-            block_max = std::max(block_max, x[j]);
-          }
           const int64_t e = p.excl[r0 + i] - c0, pc = p.pos[r0 + i] - c0;
-          if (pc >= 0 && pc < nc) pos_logit[i] = x[pc];
-          if (e >= 0 && e < nc) {
-            x[e] = -std::numeric_limits<acc_t>::infinity();
-            if (nc == 1) continue;  // the tile held only the excluded column
-            block_max = *std::max_element(x, x + nc);
-          }
-          acc_t block_sum = 0;
-          for (int64_t j = 0; j < nc; ++j) block_sum += std::exp(x[j] - block_max);
-          lse_merge(m[i], s[i], block_max, block_sum);
+          if (pc >= 0 && pc < nc) pos_logit[i] = xp[i * kCols + pc];
+          if (e >= 0 && e < nc) xp[i * kCols + e] = -std::numeric_limits<acc_t>::infinity();
         }
+        at::Tensor mx = block_max.narrow(0, 0, nr), sm = block_sum.narrow(0, 0, nr);
+        at::amax_out(mx, x, 1, /*keepdim=*/true);
+        at::sum_out(sm, x.sub_(mx).exp_(), 1);
+        const acc_t* mxp = mx.data_ptr<acc_t>();
+        const acc_t* smp = sm.data_ptr<acc_t>();
+        // A row whose tile held only its excluded column has max -inf: lse_merge skips it.
+        for (int64_t i = 0; i < nr; ++i) lse_merge(m[i], s[i], mxp[i], smp[i]);
       }
       for (int64_t i = 0; i < nr; ++i) {
         lse[r0 + i] = m[i] + std::log(s[i]);
@@ -103,62 +87,78 @@ void nce_forward(const NceProblem<acc_t>& p, acc_t* loss, acc_t* lse) {
   });
 }
 
-// grad_q = dS · k with dS_rc = d loss / d (q_r · k_c). With `symmetric` (q and k are the
-// same matrix, as in seq_nce), also adds dS^T · q from the same recomputed tile, so one
-// pass gives the whole gradient of the shared matrix.
+// W = dS (or dS + dS^T) for one tile x of raw dot products, in place: x[i, j] holds
+// q_{r0+i} · k_{c0+j}. dS_rc = g_r/τ (softmax_rc - [c = pos_r]), 0 at c = excl_r.
+// gt = g/τ per row, as a tensor.
 template <typename acc_t>
-void nce_backward_rows(const NceProblem<acc_t>& p, const acc_t* g, const acc_t* lse,
-                       bool symmetric, acc_t* grad_q) {
-  const int64_t blocks = (p.R + kRows - 1) / kRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<acc_t> tile(kRows * kCols);
+void logit_grads(const NceProblem& p, at::Tensor x, int64_t r0, int64_t c0, const at::Tensor& lse,
+                 const at::Tensor& gt, bool symmetric, at::Tensor scratch) {
+  const int64_t nr = x.size(0), nc = x.size(1), ld = x.stride(0);
+  acc_t* xp = x.data_ptr<acc_t>();
+  const acc_t* gp = gt.data_ptr<acc_t>();
+  at::Tensor y;
+  if (symmetric) {  // the transposed term g_c/τ (softmax_cr - [r = pos_c]), same tile
+    y = scratch.narrow(0, 0, nr).narrow(1, 0, nc);
+    at::mul_out(y, x, p.inv_tau);
+    y.sub_(lse.narrow(0, c0, nc).unsqueeze(0)).exp_().mul_(gt.narrow(0, c0, nc).unsqueeze(0));
+  }
+  x.mul_(p.inv_tau).sub_(lse.narrow(0, r0, nr).unsqueeze(1)).exp_();
+  x.mul_(gt.narrow(0, r0, nr).unsqueeze(1));
+  acc_t* yp = symmetric ? y.data_ptr<acc_t>() : nullptr;
+  for (int64_t i = 0; i < nr; ++i) {
+    const int64_t r = r0 + i, e = p.excl[r] - c0, pc = p.pos[r] - c0;
+    if (e >= 0 && e < nc) xp[i * ld + e] = 0;
+    if (pc >= 0 && pc < nc) xp[i * ld + pc] -= gp[r];
+    // seq_nce's pairing (excl[r] = r, pos an involution) puts the transposed term's
+    // excluded and positive entries of row r at the same two columns.
+    if (symmetric && e >= 0 && e < nc) yp[i * ld + e] = 0;
+    if (symmetric && pc >= 0 && pc < nc) yp[i * ld + pc] -= gp[p.pos[r]];
+  }
+  if (symmetric) x.add_(y);
+}
+
+// grad_q = dS · k by row blocks (each block owns its gradient rows). With `symmetric` (q
+// and k are the same matrix with seq_nce's pairing) it adds dS^T · q from the same
+// recomputed tile, so one pass gives the whole gradient of the shared matrix.
+template <typename acc_t>
+void nce_backward_rows(const NceProblem& p, const at::Tensor& gt, const at::Tensor& lse,
+                       bool symmetric, at::Tensor& grad_q) {
+  const int64_t R = p.q.size(0), C = p.k.size(0);
+  at::parallel_for(0, (R + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+    const at::AutoDispatchBelowADInplaceOrView no_autograd;  // not inherited by workers
+    at::Tensor buf = at::empty({kRows, kCols}, p.q.options());
+    at::Tensor scratch = symmetric ? at::empty({kRows, kCols}, p.q.options()) : at::Tensor();
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = b * kRows, nr = std::min(kRows, p.R - r0);
-      for (int64_t c0 = 0; c0 < p.C; c0 += kCols) {
-        const int64_t nc = std::min(kCols, p.C - c0);
-        dot_tile(p.q + r0 * p.F, nr, p.k + c0 * p.F, nc, p.F, tile.data(), kCols);
-        for (int64_t i = 0; i < nr; ++i) {
-          const int64_t r = r0 + i;
-          const acc_t gr = g[r] * p.inv_tau, lr = lse[r];
-          acc_t* x = tile.data() + i * kCols;
-          for (int64_t j = 0; j < nc; ++j) {
-            const int64_t c = c0 + j;
-            const acc_t logit = x[j] * p.inv_tau;
-            acc_t w = nce_logit_grad(logit, lr, gr, c == p.excl[r], c == p.pos[r]);
-            if (symmetric) {
-              w += nce_logit_grad(logit, lse[c], g[c] * p.inv_tau, r == p.excl[c], r == p.pos[c]);
-            }
-            x[j] = w;
-          }
-        }
-        add_tile_times(tile.data(), nr, nc, kCols, p.k + c0 * p.F, p.F, grad_q + r0 * p.F);
+      const int64_t r0 = b * kRows, nr = std::min(kRows, R - r0);
+      at::Tensor g_blk = grad_q.narrow(0, r0, nr);
+      for (int64_t c0 = 0; c0 < C; c0 += kCols) {
+        const int64_t nc = std::min(kCols, C - c0);
+        at::Tensor x = buf.narrow(0, 0, nr).narrow(1, 0, nc);
+        at::mm_out(x, p.q.narrow(0, r0, nr), p.k.narrow(0, c0, nc).t());
+        logit_grads<acc_t>(p, x, r0, c0, lse, gt, symmetric, scratch);
+        g_blk.addmm_(x, p.k.narrow(0, c0, nc));
       }
     }
   });
 }
 
-// grad_k = dS^T · q, by column blocks (each block owns its gradient rows).
+// grad_k = dS^T · q by column blocks (each block owns its gradient rows).
 template <typename acc_t>
-void nce_backward_cols(const NceProblem<acc_t>& p, const acc_t* g, const acc_t* lse,
-                       acc_t* grad_k) {
-  const int64_t blocks = (p.C + kCols - 1) / kCols;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<acc_t> tile(kRows * kCols);
+void nce_backward_cols(const NceProblem& p, const at::Tensor& gt, const at::Tensor& lse,
+                       at::Tensor& grad_k) {
+  const int64_t R = p.q.size(0), C = p.k.size(0);
+  at::parallel_for(0, (C + kCols - 1) / kCols, 1, [&](int64_t b0, int64_t b1) {
+    const at::AutoDispatchBelowADInplaceOrView no_autograd;  // not inherited by workers
+    at::Tensor buf = at::empty({kRows, kCols}, p.q.options());
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t c0 = b * kCols, nc = std::min(kCols, p.C - c0);
-      for (int64_t r0 = 0; r0 < p.R; r0 += kRows) {
-        const int64_t nr = std::min(kRows, p.R - r0);
-        dot_tile(p.k + c0 * p.F, nc, p.q + r0 * p.F, nr, p.F, tile.data(), kRows);
-        for (int64_t j = 0; j < nc; ++j) {
-          const int64_t c = c0 + j;
-          acc_t* x = tile.data() + j * kRows;
-          for (int64_t i = 0; i < nr; ++i) {
-            const int64_t r = r0 + i;
-            x[i] = nce_logit_grad(x[i] * p.inv_tau, lse[r], g[r] * p.inv_tau, c == p.excl[r],
-                                  c == p.pos[r]);
-          }
-        }
-        add_tile_times(tile.data(), nc, nr, kRows, p.q + r0 * p.F, p.F, grad_k + c0 * p.F);
+      const int64_t c0 = b * kCols, nc = std::min(kCols, C - c0);
+      at::Tensor g_blk = grad_k.narrow(0, c0, nc);
+      for (int64_t r0 = 0; r0 < R; r0 += kRows) {
+        const int64_t nr = std::min(kRows, R - r0);
+        at::Tensor x = buf.narrow(0, 0, nr).narrow(1, 0, nc);
+        at::mm_out(x, p.q.narrow(0, r0, nr), p.k.narrow(0, c0, nc).t());
+        logit_grads<acc_t>(p, x, r0, c0, lse, gt, /*symmetric=*/false, at::Tensor());
+        g_blk.addmm_(x.t(), p.q.narrow(0, r0, nr));
       }
     }
   });
@@ -268,8 +268,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> seq_nce_cpu(
   const at::Tensor offsets = check_seq_nce_args(frames_a, frames_b, lengths, temperature);
   const int64_t N = lengths.size(0), total = frames_a.size(0), F = frames_a.size(1);
   const int64_t M = instances_per_view(map, total, N);
-  const auto dtype = frames_a.scalar_type(), acc = acc_dtype(dtype);
-  at::Tensor z = at::empty({2 * M, F}, frames_a.options().dtype(acc));
+  const auto dtype = frames_a.scalar_type();
+  at::Tensor z = at::empty({2 * M, F}, frames_a.options().dtype(acc_dtype(dtype)));
   at::Tensor norms = at::empty({2 * M}, z.options());
   at::Tensor loss_rows = at::empty({2 * M}, z.options()), lse = at::empty({2 * M}, z.options());
   const auto [pos, excl] = twin_indices(M);
@@ -281,11 +281,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> seq_nce_cpu(
     acc_t* np = norms.data_ptr<acc_t>();
     pool_normalize<scalar_t, acc_t>(a.data_ptr<scalar_t>(), off, N, F, map, zp, np);
     pool_normalize<scalar_t, acc_t>(b.data_ptr<scalar_t>(), off, N, F, map, zp + M * F, np + M);
-    const NceProblem<acc_t> p{zp, zp, 2 * M, 2 * M, F, pos.data_ptr<int64_t>(),
-                              excl.data_ptr<int64_t>(), acc_t(1.0 / temperature)};
-    nce_forward(p, loss_rows.data_ptr<acc_t>(), lse.data_ptr<acc_t>());
   });
-  return {loss_rows.mean().to(dtype), z.to(dtype), norms, lse};
+  // The saved instances are in the input dtype, and the logits are computed from exactly
+  // what is saved: the backward recomputes them from it, and must meet the same lse.
+  at::Tensor instances = z.to(dtype);
+  const at::Tensor zq = instances.to(z.scalar_type());
+  const NceProblem p{zq, zq, pos.data_ptr<int64_t>(), excl.data_ptr<int64_t>(), 1.0 / temperature};
+  AT_DISPATCH_FLOATING_TYPES(zq.scalar_type(), "seq_nce_cpu", [&] {
+    nce_forward<scalar_t>(p, loss_rows.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+  });
+  return {loss_rows.mean().to(dtype), instances, norms, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> seq_nce_backward_cpu(
@@ -295,23 +300,23 @@ std::tuple<at::Tensor, at::Tensor> seq_nce_backward_cpu(
   const InstanceMapping map = parse_mapping(mapping, num_windows);
   const at::Tensor offsets = lengths_to_offsets(lengths.to(at::kLong)).contiguous();
   const int64_t N = lengths.size(0), F = instances.size(1), M = instances.size(0) / 2;
-  const auto dtype = instances.scalar_type(), acc = acc_dtype(dtype);
-  const at::Tensor z = instances.to(acc).contiguous();
+  const auto dtype = instances.scalar_type();
+  const at::Tensor z = instances.to(acc_dtype(dtype)).contiguous();
   const at::Tensor norms_c = norms.contiguous(), lse_c = lse.contiguous();
+  // loss = mean over the 2M rows: each row's upstream gradient is grad_loss / 2M.
+  const at::Tensor gt = at::full({2 * M}, grad_loss.item<double>() / (2.0 * M * temperature),
+                                 z.options());
   at::Tensor dz = at::zeros({2 * M, F}, z.options());
   at::Tensor grad_a = at::empty({total_frames, F}, instances.options());
   at::Tensor grad_b = at::empty({total_frames, F}, instances.options());
   const auto [pos, excl] = twin_indices(M);
+  const NceProblem p{z, z, pos.data_ptr<int64_t>(), excl.data_ptr<int64_t>(), 1.0 / temperature};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "seq_nce_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // loss = mean over 2M rows: every row's upstream gradient is grad_loss / 2M.
-    const std::vector<acc_t> g(2 * M, static_cast<acc_t>(grad_loss.item<double>() / (2.0 * M)));
-    const acc_t* zp = z.data_ptr<acc_t>();
-    const NceProblem<acc_t> p{zp, zp, 2 * M, 2 * M, F, pos.data_ptr<int64_t>(),
-                              excl.data_ptr<int64_t>(), acc_t(1.0 / temperature)};
-    acc_t* dzp = dz.data_ptr<acc_t>();
-    nce_backward_rows(p, g.data(), lse_c.data_ptr<acc_t>(), /*symmetric=*/true, dzp);
+    nce_backward_rows<acc_t>(p, gt, lse_c, /*symmetric=*/true, dz);
     const int64_t* off = offsets.data_ptr<int64_t>();
+    const acc_t* zp = z.data_ptr<acc_t>();
+    const acc_t* dzp = dz.data_ptr<acc_t>();
     const acc_t* np = norms_c.data_ptr<acc_t>();
     pool_normalize_backward<scalar_t, acc_t>(dzp, zp, np, off, N, F, map,
                                              grad_a.data_ptr<scalar_t>());
@@ -326,14 +331,12 @@ std::tuple<at::Tensor, at::Tensor> nce_rows_cpu(const at::Tensor& rows, const at
                                                 const at::Tensor& exclude, double temperature) {
   check_nce_rows_args(rows, cols, positive, exclude, temperature);
   const auto dtype = rows.scalar_type(), acc = acc_dtype(dtype);
-  const at::Tensor q = rows.to(acc).contiguous(), k = cols.to(acc).contiguous();
   const at::Tensor pos = positive.contiguous(), excl = exclude.contiguous();
-  at::Tensor loss = at::empty({rows.size(0)}, q.options()), lse = at::empty_like(loss);
+  const NceProblem p{rows.to(acc).contiguous(), cols.to(acc).contiguous(),
+                     pos.data_ptr<int64_t>(), excl.data_ptr<int64_t>(), 1.0 / temperature};
+  at::Tensor loss = at::empty({rows.size(0)}, p.q.options()), lse = at::empty_like(loss);
   AT_DISPATCH_FLOATING_TYPES(acc, "nce_rows_cpu", [&] {
-    const NceProblem<scalar_t> p{q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), q.size(0),
-                                 k.size(0), q.size(1), pos.data_ptr<int64_t>(),
-                                 excl.data_ptr<int64_t>(), scalar_t(1.0 / temperature)};
-    nce_forward(p, loss.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+    nce_forward<scalar_t>(p, loss.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
   });
   return {loss.to(dtype), lse};
 }
@@ -343,18 +346,15 @@ std::tuple<at::Tensor, at::Tensor> nce_rows_backward_cpu(
     const at::Tensor& positive, const at::Tensor& exclude, const at::Tensor& lse,
     double temperature) {
   const auto dtype = rows.scalar_type(), acc = acc_dtype(dtype);
-  const at::Tensor q = rows.to(acc).contiguous(), k = cols.to(acc).contiguous();
-  const at::Tensor g = grad_loss.to(acc).contiguous(), lse_c = lse.to(acc).contiguous();
   const at::Tensor pos = positive.contiguous(), excl = exclude.contiguous();
-  at::Tensor grad_q = at::zeros_like(q), grad_k = at::zeros_like(k);
+  const NceProblem p{rows.to(acc).contiguous(), cols.to(acc).contiguous(),
+                     pos.data_ptr<int64_t>(), excl.data_ptr<int64_t>(), 1.0 / temperature};
+  const at::Tensor gt = grad_loss.to(acc).mul(1.0 / temperature).contiguous();
+  const at::Tensor lse_c = lse.to(acc).contiguous();
+  at::Tensor grad_q = at::zeros_like(p.q), grad_k = at::zeros_like(p.k);
   AT_DISPATCH_FLOATING_TYPES(acc, "nce_rows_backward_cpu", [&] {
-    const NceProblem<scalar_t> p{q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), q.size(0),
-                                 k.size(0), q.size(1), pos.data_ptr<int64_t>(),
-                                 excl.data_ptr<int64_t>(), scalar_t(1.0 / temperature)};
-    const scalar_t* gp = g.data_ptr<scalar_t>();
-    const scalar_t* lp = lse_c.data_ptr<scalar_t>();
-    nce_backward_rows(p, gp, lp, /*symmetric=*/false, grad_q.data_ptr<scalar_t>());
-    nce_backward_cols(p, gp, lp, grad_k.data_ptr<scalar_t>());
+    nce_backward_rows<scalar_t>(p, gt, lse_c, /*symmetric=*/false, grad_q);
+    nce_backward_cols<scalar_t>(p, gt, lse_c, grad_k);
   });
   return {grad_q.to(dtype), grad_k.to(dtype)};
 }

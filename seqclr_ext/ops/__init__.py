@@ -50,6 +50,9 @@ def _register():
     def _(frames_a, frames_b, lengths, mapping, num_windows, temperature):
         torch._check(frames_a.shape == frames_b.shape,
                      lambda: "frames_a and frames_b must have the same shape")
+        torch._check(lengths.device == frames_a.device,
+                     lambda: f"lengths must be on the same device as frames_a "
+                             f"({frames_a.device}), got {lengths.device}")
         m2 = 2 * _instances_per_view(frames_a, lengths, mapping, num_windows)
         acc = _acc_dtype(frames_a.dtype)
         return (frames_a.new_empty(()), frames_a.new_empty((m2, frames_a.shape[1])),
@@ -73,6 +76,7 @@ def _register():
     def seq_nce_setup(ctx, inputs, output):
         _, _, lengths, mapping, num_windows, temperature = inputs
         _, instances, norms, lse = output
+        ctx.mark_non_differentiable(instances, norms, lse)  # saved for the backward only
         ctx.save_for_backward(instances, norms, lse, lengths)
         ctx.args = (mapping, num_windows, temperature, inputs[0].shape[0])
 
@@ -86,6 +90,7 @@ def _register():
 
     def nce_rows_setup(ctx, inputs, output):
         rows, cols, positive, exclude, temperature = inputs
+        ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(rows, cols, positive, exclude, output[1])
         ctx.temperature = temperature
 

@@ -41,3 +41,74 @@ def seq_nce(frames_a, frames_b, lengths, *, mapping="window", num_windows=5, tem
     logits = (z @ z.t() / temperature).fill_diagonal_(float("-inf"))
     twin = torch.arange(2 * m, device=z.device).roll(m)
     return F.cross_entropy(logits, twin)
+
+
+def tps_base_points(num_points, *, dtype=torch.float64, device=None):
+    """Base fiducial points C [K, 2] (DESIGN.md §2): K/2 along the top edge (y = -1), then
+    K/2 along the bottom edge (y = +1), x = linspace(-1, 1, K/2) on both."""
+    x = torch.linspace(-1.0, 1.0, num_points // 2, dtype=dtype, device=device)
+    top = torch.stack([x, -torch.ones_like(x)], dim=1)
+    bottom = torch.stack([x, torch.ones_like(x)], dim=1)
+    return torch.cat([top, bottom])
+
+
+def _tps_kernel(d2):
+    """U(r) = r² log r written on d2 = r² as d2·log(d2)/2, with U(0) = 0."""
+    positive = d2 > 0
+    safe = torch.where(positive, d2, torch.ones_like(d2))
+    return torch.where(positive, 0.5 * d2 * torch.log(safe), torch.zeros_like(d2))
+
+
+def tps_grid_sample(image, control_points, output_size):
+    """Thin-plate-spline warp (DESIGN.md §2; deep-text-recognition-benchmark's GridGenerator).
+
+    image [B, C, H, W]; control_points C′ [B, K, 2] (x, y in [-1, 1]); output_size
+    (H_out, W_out). Output pixel p (at its pixel centre, (2k+1)/W_out - 1) samples the image
+    at P̂(p) T with T = Δ_C⁻¹ [C′; 0], bilinearly, border padding, align_corners=True.
+    Δ_C⁻¹ is computed in float64; the rest runs in float32 (float64 for float64 inputs)
+    and the result is cast back to the image's dtype.
+    """
+    if image.dim() != 4:
+        raise ValueError(f"image must be [B, C, H, W], got shape {tuple(image.shape)}")
+    if control_points.dim() != 3 or control_points.shape[2] != 2:
+        raise ValueError(
+            f"control_points must be [B, K, 2], got shape {tuple(control_points.shape)}")
+    if control_points.shape[0] != image.shape[0]:
+        raise ValueError(f"control_points batch {control_points.shape[0]} != image batch "
+                         f"{image.shape[0]}")
+    num_points = control_points.shape[1]
+    if num_points < 4 or num_points % 2:
+        raise ValueError(
+            f"control_points must hold an even number K >= 4 of points, got K={num_points}")
+    h_out, w_out = (int(s) for s in output_size)
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"output_size must be positive, got {tuple(output_size)}")
+    device = image.device
+    acc = torch.float64 if image.dtype == torch.float64 else torch.float32
+
+    # Δ_C = [[1, C, U(C, C)], [0, Cᵀ], [0, 1ᵀ]], inverted in float64.
+    c = tps_base_points(num_points, dtype=torch.float64, device=device)
+    u_cc = _tps_kernel(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+    delta = torch.zeros(num_points + 3, num_points + 3, dtype=torch.float64, device=device)
+    delta[:num_points, 0] = 1.0
+    delta[:num_points, 1:3] = c
+    delta[:num_points, 3:] = u_cc
+    delta[num_points:num_points + 2, 3:] = c.t()
+    delta[num_points + 2, 3:] = 1.0
+    inv_delta = torch.linalg.inv(delta).to(acc)
+
+    # P̂ rows [1, x, y, U(|p - c_k|)] for the output pixel centres, row-major (y outer).
+    ys = (2 * torch.arange(h_out, dtype=acc, device=device) + 1) / h_out - 1
+    xs = (2 * torch.arange(w_out, dtype=acc, device=device) + 1) / w_out - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    p = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)                 # [n, 2]
+    u_pc = _tps_kernel(((p[:, None, :] - c.to(acc)[None, :, :]) ** 2).sum(-1))  # [n, K]
+    p_hat = torch.cat([torch.ones_like(p[:, :1]), p, u_pc], dim=1)            # [n, K+3]
+
+    cp = control_points.to(acc)
+    rhs = torch.cat([cp, cp.new_zeros(cp.shape[0], 3, 2)], dim=1)            # [B, K+3, 2]
+    t = torch.matmul(inv_delta, rhs)                                          # [B, K+3, 2]
+    grid = torch.matmul(p_hat, t).view(-1, h_out, w_out, 2)                   # (x, y) source points
+    out = F.grid_sample(image.to(acc), grid, mode="bilinear", padding_mode="border",
+                        align_corners=True)
+    return out.to(image.dtype)

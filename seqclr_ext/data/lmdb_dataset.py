@@ -1,0 +1,421 @@
+"""LMDB datasets in deep-text-recognition-benchmark's layout (DESIGN.md "Conventions").
+
+Keys, all ASCII: ``num-samples`` → decimal count N; for i in 1..N (1-based),
+``image-%09d`` → the encoded image file's bytes (PNG, JPEG, …) and ``label-%09d`` → the
+label in UTF-8. Existing IAM / RIMES / IIIT5K / Real-300K LMDBs load unchanged.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import struct
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from .charset import Charset
+
+__all__ = ["write_lmdb", "convert_folder", "ConvertStats", "LmdbDataset", "DatasetStats"]
+
+log = logging.getLogger(__name__)
+
+# What PIL raises on bytes that are not a decodable image (UnidentifiedImageError and
+# truncated files are OSErrors; some plugins raise the others on garbage headers).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error,
+                  Image.DecompressionBombError)
+
+
+def _image_key(i: int) -> bytes:
+    return b"image-%09d" % i
+
+
+def _label_key(i: int) -> bytes:
+    return b"label-%09d" % i
+
+
+def _to_bytes(image: bytes | bytearray | memoryview | Image.Image, image_format: str) -> bytes:
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format=image_format)
+        return buf.getvalue()
+    return bytes(image)
+
+
+def _commit(env: lmdb.Environment, items: list[tuple[bytes, bytes]]) -> None:
+    """Write ``items`` in one transaction, doubling the map size until they fit. The batch
+    is kept in memory so that a transaction aborted by MapFullError can be replayed."""
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                for key, value in items:
+                    txn.put(key, value)
+            return
+        except lmdb.MapFullError:
+            # The aborted transaction is closed, so the map may be resized now.
+            env.set_mapsize(env.info()["map_size"] * 2)
+
+
+def write_lmdb(
+    path: str | os.PathLike,
+    samples: Iterable[tuple[bytes | Image.Image, str]],
+    *,
+    overwrite: bool = False,
+    commit_every: int = 1000,
+    map_size: int = 64 << 20,
+    image_format: str = "PNG",
+) -> int:
+    """Write ``(image, label)`` samples to a new LMDB directory at ``path``; returns the
+    number of samples written.
+
+    Images are encoded bytes (stored as given) or PIL images (encoded as ``image_format``).
+    The database is built in ``<path>.partial`` with a commit every ``commit_every``
+    samples and moved to ``path`` only once complete (``num-samples`` written last), so an
+    interrupted run never leaves a truncated dataset behind. ``map_size`` is the initial
+    map size; it doubles whenever a commit does not fit. An existing ``path`` raises
+    ``FileExistsError`` unless ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        n = _fill(tmp, samples, commit_every, map_size, image_format)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    os.replace(tmp, path)
+    return n
+
+
+def _fill(tmp: Path, samples: Iterable[tuple[bytes | Image.Image, str]], commit_every: int,
+          map_size: int, image_format: str) -> int:
+    env = lmdb.open(str(tmp), map_size=map_size)
+    try:
+        n = 0
+        batch: list[tuple[bytes, bytes]] = []
+        for image, label in samples:
+            n += 1
+            batch.append((_image_key(n), _to_bytes(image, image_format)))
+            batch.append((_label_key(n), label.encode("utf-8")))
+            if n % commit_every == 0:
+                _commit(env, batch)
+                batch.clear()
+        batch.append((b"num-samples", str(n).encode()))
+        _commit(env, batch)
+        return n
+    finally:
+        env.close()
+
+
+@dataclass
+class ConvertStats:
+    """Outcome of :func:`convert_folder`; ``problems`` lists (line number, reason)."""
+
+    written: int = 0
+    missing: int = 0
+    unreadable: int = 0
+    malformed: int = 0
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"{self.written} written, {self.missing} missing images, "
+                f"{self.unreadable} unreadable images, {self.malformed} malformed lines")
+
+
+def _split_line(line: str) -> tuple[str, str] | None:
+    # create_lmdb_dataset's format is "path<TAB>label" (the label may contain spaces).
+    # Lines without a tab fall back to "path<SPACE>label", split at the first space, so
+    # space-separated lists work as long as their paths contain no spaces.
+    for sep in ("\t", " "):
+        if sep in line:
+            image_path, label = line.split(sep, 1)
+            return image_path, label
+    return None
+
+
+def convert_folder(
+    image_root: str | os.PathLike,
+    label_file: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ConvertStats:
+    """Build an LMDB at ``out_path`` from a folder of images and a label file, the input of
+    deep-text-recognition-benchmark's ``create_lmdb_dataset.py``.
+
+    Each non-empty line of the UTF-8 ``label_file`` is ``path<TAB>label`` (or, without a
+    tab, ``path label`` split at the first space), ``path`` relative to ``image_root``.
+    Images are fully decoded once to check them, then stored as their original bytes.
+    Missing or undecodable images and lines without a separator are skipped and counted
+    (logged as a warning), never fatal.
+    """
+    root = Path(image_root)
+    # utf-8-sig: label files saved by Windows editors may start with a BOM.
+    lines = Path(label_file).read_text(encoding="utf-8-sig").splitlines()
+    stats = ConvertStats()
+
+    def samples() -> Iterator[tuple[bytes, str]]:
+        bar = tqdm(lines, desc=f"lmdb {out_path}", unit="line", disable=not progress)
+        for lineno, line in enumerate(bar, 1):
+            if not line.strip():
+                continue
+            parts = _split_line(line)
+            if parts is None:
+                stats.malformed += 1
+                stats.problems.append((lineno, "no separator"))
+                continue
+            image_path, label = parts
+            try:
+                data = (root / image_path).read_bytes()
+            except OSError:
+                stats.missing += 1
+                stats.problems.append((lineno, f"missing image {image_path}"))
+                continue
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    img.load()
+                    if img.width == 0 or img.height == 0:
+                        raise ValueError("empty image")
+            except _DECODE_ERRORS:
+                stats.unreadable += 1
+                stats.problems.append((lineno, f"unreadable image {image_path}"))
+                continue
+            yield data, label
+
+    stats.written = write_lmdb(out_path, samples(), overwrite=overwrite)
+    if stats.problems:
+        log.warning("convert_folder %s: %s", out_path, stats)
+    return stats
+
+
+# Read-only environments of this process, keyed by the identity of their data file.
+# LMDB refuses to open one file twice per process, so datasets over the same file share
+# one (held weakly: it closes with the last dataset using it). Keying on the inode rather
+# than the path makes a dataset rewritten in place (write_lmdb(overwrite=True)) a new key.
+_readers: weakref.WeakValueDictionary[tuple[int, int], lmdb.Environment] = (
+    weakref.WeakValueDictionary())
+_readers_pid = os.getpid()
+
+
+def _reader(path: str) -> lmdb.Environment:
+    global _readers_pid
+    if _readers_pid != os.getpid():
+        # Environments inherited through fork must not be used in the child; closing them
+        # only unmaps the child's copy, and frees their files to be opened again here.
+        for env in list(_readers.values()):
+            env.close()
+        _readers.clear()
+        _readers_pid = os.getpid()
+    st = os.stat(os.path.join(path, "data.mdb"))
+    key = (st.st_dev, st.st_ino)
+    env = _readers.get(key)
+    if env is None:
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+        _readers[key] = env
+    return env
+
+
+@dataclass
+class DatasetStats:
+    """Counts of an :class:`LmdbDataset`. ``total`` is ``num-samples``; ``kept`` passed the
+    label filters; ``invalid_label`` covers missing and non-UTF-8 labels; ``unreadable``
+    counts distinct kept samples whose image was missing or undecodable when read (across
+    DataLoader workers); ``unknown_chars`` counts, per character, the labels it excluded."""
+
+    total: int
+    kept: int
+    empty: int
+    too_long: int
+    out_of_charset: int
+    invalid_label: int
+    unreadable: int
+    unknown_chars: Counter[str]
+
+
+def _scan_labels(
+    txn: lmdb.Transaction, path: str, charset: Charset | None, max_length: int | None
+) -> tuple[int, list[int], list[str], Counter[str], Counter[str]]:
+    """(num-samples, kept indices, kept labels, filter counts, unknown characters)."""
+    raw = txn.get(b"num-samples")
+    if raw is None:
+        raise ValueError(f"{path} has no 'num-samples' key: not a dataset LMDB")
+    total = int(raw)
+    keys: list[int] = []
+    labels: list[str] = []
+    counts: Counter[str] = Counter()
+    unknown_chars: Counter[str] = Counter()
+    seen = 0
+    # One sequential cursor pass over the label keys (they sort together and, zero-padded,
+    # in index order) instead of N random lookups.
+    cursor = txn.cursor()
+    if cursor.set_range(_label_key(1)):
+        for key, value in cursor:
+            if not key.startswith(b"label-"):
+                break
+            if not key[6:].isdigit():
+                continue  # a foreign key in the label range is not a sample
+            index = int(key[6:])
+            if index > total:
+                break
+            seen += 1
+            try:
+                label = value.decode("utf-8")
+            except UnicodeDecodeError:
+                counts["invalid_label"] += 1
+                continue
+            if charset is not None:
+                label = charset.normalize(label)
+            if not label:
+                counts["empty"] += 1
+            elif max_length is not None and len(label) > max_length:
+                counts["too_long"] += 1
+            elif charset is not None and not charset.contains(label):
+                counts["out_of_charset"] += 1
+                unknown_chars.update(charset.unknown(label))
+            else:
+                keys.append(index)
+                labels.append(label)
+    counts["invalid_label"] += total - seen  # indices with no label key at all
+    return total, keys, labels, counts, unknown_chars
+
+
+class LmdbDataset(Dataset):
+    """A deep-text-recognition-benchmark LMDB as a map-style dataset of
+    ``(image, label)``: a PIL image in ``mode`` (or ``transform(image)``) and the label as
+    the charset sees it (lower-cased for a case-insensitive charset).
+
+    Construction reads the labels only and drops samples whose label is empty, longer than
+    ``max_length`` characters (``None``: no limit), or has characters outside ``charset``
+    (``None``: any), counting each reason (:attr:`stats`, :meth:`report`).
+
+    An image found missing or undecodable at read time is flagged, counted and replaced by
+    the next readable sample (wrapping around); flagged samples are skipped without being
+    decoded again. Only when no sample at all is readable does ``__getitem__`` raise.
+
+    Safe with DataLoader workers: the environment is opened lazily, once per process
+    (``readonly``, no lock, no readahead), and the unreadable flags live in shared memory.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        charset: Charset | None,
+        max_length: int | None = 25,
+        mode: str = "L",
+        transform: Callable[[Image.Image], Any] | None = None,
+    ) -> None:
+        if mode not in ("L", "RGB"):
+            raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+        self.path = str(path)
+        self.charset = charset
+        self.max_length = max_length
+        self.mode = mode
+        self.transform = transform
+        if not Path(path, "data.mdb").is_file():
+            raise FileNotFoundError(f"no LMDB at {path} (expected {path}/data.mdb)")
+        self._env: lmdb.Environment | None = None
+        self._env_pid: int | None = None
+
+        with self._open().begin() as txn:
+            total, keys, self.labels, counts, unknown_chars = _scan_labels(
+                txn, self.path, charset, max_length)
+
+        self._indices = np.asarray(keys, dtype=np.int64)
+        self._total = total
+        self._counts = counts
+        self._unknown_chars = unknown_chars
+        # One flag per kept sample, in shared memory so that flags set by DataLoader
+        # workers reach the main process (fork and spawn alike); setting a flag is
+        # idempotent, so concurrent writers need no lock and re-reads count once.
+        self._unreadable = torch.zeros(len(keys), dtype=torch.bool).share_memory_()
+
+    def _open(self) -> lmdb.Environment:
+        if self._env is None or self._env_pid != os.getpid():
+            self._env = _reader(self.path)
+            self._env_pid = os.getpid()
+        return self._env
+
+    def __getstate__(self) -> dict:
+        # Spawned workers get the dataset pickled: environments do not pickle.
+        state = self.__dict__.copy()
+        state["_env"] = None
+        state["_env_pid"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def _read(self, position: int) -> Image.Image | None:
+        with self._open().begin() as txn:
+            data = txn.get(_image_key(int(self._indices[position])))
+        if data is None:
+            return None
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                return img.convert(self.mode)  # convert() decodes: errors surface here
+        except _DECODE_ERRORS:
+            return None
+
+    def __getitem__(self, position: int) -> tuple[Any, str]:
+        n = len(self)
+        if not -n <= position < n:
+            raise IndexError(f"index {position} out of range for {n} samples")
+        position %= n
+        for offset in range(n):
+            p = (position + offset) % n
+            if self._unreadable[p]:
+                continue
+            image = self._read(p)
+            if image is None:
+                self._unreadable[p] = True
+                log.warning("%s: unreadable image %s, skipped", self.path,
+                            _image_key(int(self._indices[p])).decode())
+                continue
+            if self.transform is not None:
+                image = self.transform(image)
+            return image, self.labels[p]
+        raise RuntimeError(f"{self.path}: no readable image among the {n} kept samples")
+
+    @property
+    def stats(self) -> DatasetStats:
+        return DatasetStats(
+            total=self._total,
+            kept=len(self),
+            empty=self._counts["empty"],
+            too_long=self._counts["too_long"],
+            out_of_charset=self._counts["out_of_charset"],
+            invalid_label=self._counts["invalid_label"],
+            unreadable=int(self._unreadable.sum()),
+            unknown_chars=Counter(self._unknown_chars),
+        )
+
+    def report(self) -> str:
+        """A one-paragraph human-readable summary of :attr:`stats`."""
+        s = self.stats
+        text = (f"{self.path}: {s.kept}/{s.total} samples kept; filtered: {s.empty} empty, "
+                f"{s.too_long} longer than {self.max_length}, {s.out_of_charset} out of "
+                f"charset, {s.invalid_label} missing/invalid labels; {s.unreadable} "
+                f"unreadable images skipped")
+        if s.unknown_chars:
+            top = ", ".join(f"{c!r}×{k}" for c, k in s.unknown_chars.most_common(10))
+            text += f"; most frequent unknown characters: {top}"
+        return text
