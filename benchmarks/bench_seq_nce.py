@@ -120,6 +120,17 @@ def _skip_unless_fused_available(impl, op, device):
         pytest.skip(f"this build of seqclr_ext has no {device.upper()} kernel of {op}")
 
 
+def _skip_unless_compilable(impl, device):
+    if impl != "compiled" or torch.device(device).type != "cuda":
+        return
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:  # pragma: no cover - older torch
+        return
+    if not has_triton():
+        pytest.skip("torch.compile on CUDA needs Triton, which is not installed")
+
+
 def _skip_unless_fits(estimate, device, bench_options, memory_available):
     gib = 2**30
     if torch.device(device).type == "cuda":
@@ -161,6 +172,7 @@ def _sync(device):
 def _run_benchmark(benchmark, *, op, case, impl, mode, device, dtype, rows, cols, features,
                    rounds, setup, target, eager_estimate, bench_options, device_name,
                    peak_memory, memory_available, info):
+    _skip_unless_compilable(impl, device)
     estimate = eager_estimate if impl != "fused" else 0
     _skip_unless_fits(estimate, device, bench_options, memory_available)
 

@@ -3,11 +3,13 @@
     python benchmarks/report.py results.json [more.json ...] > table.md
 
 One table per file, one row per benchmark: device, date, case, impl, mode, dtype, instances,
-median time, rounds, GFLOP/s (TFLOP/s on CUDA), peak memory, speed-up vs eager and memory
+median time, rounds, throughput (GFLOP/s, TFLOP/s on CUDA, or GB/s for the suites that
+record bytes instead of flops), peak memory, speed-up vs eager and memory
 ratio vs eager. Both ratios are eager / this implementation (> 1: this one is faster or
 smaller), computed from the results of the same op, case, mode, device and dtype in the same
 file. Where eager was skipped (too large) the memory ratio is taken against eager's estimate
-and marked "~". Uses only the standard library.
+and marked "~". Reads any suite whose results carry op, case, impl, mode, device and dtype
+in extra_info. Uses only the standard library.
 """
 import argparse
 import json
@@ -70,12 +72,14 @@ def rows_of(data):
             rate = f"{info['tflop_per_s']:.2f} TFLOP/s"
         elif "gflop_per_s" in info:
             rate = f"{info['gflop_per_s']:.1f} GFLOP/s"
+        elif "gb_per_s" in info:
+            rate = f"{info['gb_per_s']:.1f} GB/s"
         else:
             rate = "n/a"
         out.append(dict(
             device=info.get("device_name", info["device"]), date=date,
             case=f"{info['op']} {info['case']}", impl=info["impl"], mode=info["mode"],
-            dtype=info["dtype"], instances=info.get("instances"),
+            dtype=info["dtype"], instances=info.get("instances") or "n/a",
             median=_seconds(median), rounds=b["stats"].get("rounds"), rate=rate,
             peak=_bytes(peak), speedup=_ratio(speedup), memory=_ratio(mem_ratio, approx),
             _sort=(info["device"], info["dtype"], info["op"], info.get("instances") or 0,

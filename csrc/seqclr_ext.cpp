@@ -25,4 +25,11 @@ TORCH_LIBRARY(seqclr_ext, m) {
   m.def(
       "nce_rows_backward(Tensor grad_loss, Tensor rows, Tensor cols, Tensor positive, "
       "Tensor exclude, Tensor lse, float temperature) -> (Tensor grad_rows, Tensor grad_cols)");
+  // TPS rectification (DESIGN.md §2): warp image [B, C, H, W] with control points C′
+  // [B, K, 2] to [B, C, H_out, W_out]. The backward returns d/d image (a zero-size tensor
+  // when image_requires_grad is false) and d/d control_points.
+  m.def("tps_grid_sample(Tensor image, Tensor control_points, SymInt[2] output_size) -> Tensor");
+  m.def(
+      "tps_grid_sample_backward(Tensor grad_output, Tensor image, Tensor control_points, "
+      "bool image_requires_grad) -> (Tensor grad_image, Tensor grad_control_points)");
 }

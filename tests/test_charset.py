@@ -1,15 +1,15 @@
-"""seqclr_ext.data.charset: the seeds' symbol sets, coding and CTC collapse."""
+"""seqclr_ext.data.charset: the seeds' symbol sets and 0-based label coding."""
 import string
 
 import pytest
 import torch
 
-from seqclr_ext.data import BLANK, Charset, ctc_greedy_collapse
+from seqclr_ext.data import Charset
 
 
 def test_printable_is_the_seeds_95_symbols():
     cs = Charset.printable()
-    assert len(cs) == 95 and cs.num_classes == 96
+    assert len(cs) == 95
     assert sum(c.isalpha() for c in cs.symbols) == 52
     assert sum(c.isdigit() for c in cs.symbols) == 10
     assert sum(c in string.punctuation for c in cs.symbols) == 32 and " " in cs.symbols
@@ -22,13 +22,13 @@ def test_printable_is_the_seeds_95_symbols():
 def test_encode_decode_round_trip():
     cs = Charset.printable()
     ids = cs.encode("Hi 42!")
-    assert BLANK not in ids and all(1 <= i < cs.num_classes for i in ids)
-    assert cs.decode(ids) == "Hi 42!"
-    assert cs.decode([0] + ids + [0, 0]) == "Hi 42!"  # blank doubles as padding
+    assert ids == [cs.symbols.index(c) for c in "Hi 42!"]  # 0-based, nothing reserved
+    assert cs.encode("0") == [0] and cs.decode([94]) == cs.symbols[-1]
+    assert cs.decode(ids) == "Hi 42!" and cs.decode(torch.tensor(ids)) == "Hi 42!"
     with pytest.raises(ValueError, match="é"):
         cs.encode("café")
     with pytest.raises(ValueError, match="out of range"):
-        cs.decode([96])
+        cs.decode([95])
 
 
 def test_unknown_and_contains():
@@ -49,9 +49,13 @@ def test_alphanumeric_is_case_insensitive():
         Charset("abca")
 
 
-def test_ctc_greedy_collapse():
-    assert ctc_greedy_collapse([1, 1, 0, 1, 2, 2, 0, 0, 3]) == [1, 1, 2, 3]
-    assert ctc_greedy_collapse([]) == [] and ctc_greedy_collapse([0, 0]) == []
+def test_decoders_own_special_tokens():
+    """Charset indices go into the decoders unchanged; greedy decoding gives them back."""
+    from seqclr_ext.models import CTCDecoder
+
     cs = Charset("ab")
-    path = torch.tensor([0, 1, 1, 0, 1, 2, 0])
-    assert cs.decode_ctc(path) == "aab"
+    ctc = CTCDecoder(4, len(cs))
+    # Raw classes: 0 = blank, charset index c -> c + 1. Path "a a _ a b" -> "aab".
+    path = torch.tensor([1, 1, 0, 1, 2])
+    logits = torch.nn.functional.one_hot(path, ctc.num_classes).float()[None]
+    assert cs.decode(ctc.greedy_decode(logits)[0]) == "aab"

@@ -1,17 +1,23 @@
 """Data: character sets, LMDB datasets (deep-text-recognition-benchmark layout)."""
-from .charset import ALPHANUMERIC, BLANK, FRENCH_ACCENTS, PRINTABLE, Charset, ctc_greedy_collapse
+from .batching import RecognitionCollate, ResumableBatchSampler, label_subset, load_or_make_subset
+from .charset import ALPHANUMERIC, FRENCH_ACCENTS, PRINTABLE, Charset
 from .lmdb_dataset import ConvertStats, DatasetStats, LmdbDataset, convert_folder, write_lmdb
+from .render import RenderStats, render_split
 
 __all__ = [
     "ALPHANUMERIC",
-    "BLANK",
     "FRENCH_ACCENTS",
     "PRINTABLE",
     "Charset",
-    "ctc_greedy_collapse",
+    "RecognitionCollate",
+    "ResumableBatchSampler",
+    "label_subset",
+    "load_or_make_subset",
     "ConvertStats",
     "DatasetStats",
     "LmdbDataset",
     "convert_folder",
     "write_lmdb",
+    "RenderStats",
+    "render_split",
 ]

@@ -16,7 +16,8 @@ from . import reference
 
 USE_REFERENCE = os.environ.get("SEQCLR_EXT_REFERENCE", "0") == "1"
 
-__all__ = ["seq_nce", "nce_rows", "reference", "USE_REFERENCE"]
+__all__ = ["seq_nce", "nce_rows", "tps_grid_sample", "siman_normalize", "reference",
+           "USE_REFERENCE"]
 
 
 def _load_library():
@@ -103,6 +104,49 @@ def _register():
     torch.library.register_autograd(lib + "nce_rows", nce_rows_backward,
                                     setup_context=nce_rows_setup)
 
+    def check_tps_args(image, control_points, output_size):
+        torch._check(image.dim() == 4, lambda: f"image must be a 4-D [B, C, H, W] tensor, got "
+                                               f"shape {tuple(image.shape)}")
+        torch._check(control_points.dim() == 3 and control_points.shape[2] == 2,
+                     lambda: f"control_points must be a 3-D [B, K, 2] tensor, got shape "
+                             f"{tuple(control_points.shape)}")
+        torch._check(control_points.shape[0] == image.shape[0],
+                     lambda: f"control_points must have image's batch size {image.shape[0]}, "
+                             f"got {control_points.shape[0]}")
+        torch._check(control_points.dtype == image.dtype,
+                     lambda: f"control_points must have image's dtype {image.dtype}, got "
+                             f"{control_points.dtype}")
+        torch._check(control_points.device == image.device,
+                     lambda: f"control_points must be on image's device {image.device}, got "
+                             f"{control_points.device}")
+        torch._check(len(output_size) == 2 and output_size[0] >= 1 and output_size[1] >= 1,
+                     lambda: f"output_size must be two positive ints, got {output_size}")
+
+    @torch.library.register_fake(lib + "tps_grid_sample")
+    def _(image, control_points, output_size):
+        check_tps_args(image, control_points, output_size)
+        return image.new_empty((image.shape[0], image.shape[1], *output_size))
+
+    @torch.library.register_fake(lib + "tps_grid_sample_backward")
+    def _(grad_output, image, control_points, image_requires_grad):
+        check_tps_args(image, control_points, grad_output.shape[2:])
+        grad_image = image.new_empty(image.shape if image_requires_grad else (0,))
+        return grad_image, control_points.new_empty(control_points.shape)
+
+    def tps_setup(ctx, inputs, output):
+        image, control_points, _ = inputs
+        ctx.save_for_backward(image, control_points)
+
+    def tps_backward(ctx, grad):
+        image, control_points = ctx.saved_tensors
+        image_grad, cp_grad = ctx.needs_input_grad[:2]
+        grad_image, grad_cp = torch.ops.seqclr_ext.tps_grid_sample_backward(
+            grad, image, control_points, image_grad)
+        return (grad_image if image_grad else None), (grad_cp if cp_grad else None), None
+
+    torch.library.register_autograd(lib + "tps_grid_sample", tps_backward,
+                                    setup_context=tps_setup)
+
 
 if not USE_REFERENCE:
     _load_library()
@@ -137,3 +181,28 @@ def nce_rows(rows, cols, positive, exclude, *, temperature=0.1):
     if USE_REFERENCE:
         return reference.nce_rows(rows, cols, positive, exclude, temperature=temperature)
     return torch.ops.seqclr_ext.nce_rows(rows, cols, positive, exclude, temperature)[0]
+
+
+def tps_grid_sample(image, control_points, output_size):
+    """Thin-plate-spline warp (DESIGN.md §2; deep-text-recognition-benchmark's GridGenerator
+    + grid_sample(padding_mode='border', align_corners=True)), fused.
+
+    image: [B, C, H, W]; control_points: C′ [B, K, 2] (x, y in [-1, 1]; K even, >= 4; the
+    base points C are ``reference.tps_base_points(K)``); output_size: (H_out, W_out).
+    Returns [B, C, H_out, W_out] in image's dtype; gradients flow to both inputs (the
+    control-point gradient is deterministic).
+    """
+    if USE_REFERENCE:
+        return reference.tps_grid_sample(image, control_points, output_size)
+    return torch.ops.seqclr_ext.tps_grid_sample(image, control_points, list(output_size))
+
+
+def siman_normalize(content, style, *, kernel_size=3, eps=1e-5):
+    """Similarity-aware normalization (DESIGN.md §3, SimAN §3.2).
+
+    content: [B, C, H, W] features of the augmented patch; style: [B, C, H_s, W_s] features
+    of the neighbouring patch; kernel_size: odd k of the local style statistics. Returns
+    σ̂ ⊙ IN(content) + μ̂, shaped like content.
+    """
+    # TODO(siman-op): the fused kernel replaces this call to the reference.
+    return reference.siman_normalize(content, style, kernel_size=kernel_size, eps=eps)

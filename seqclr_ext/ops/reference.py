@@ -112,3 +112,41 @@ def tps_grid_sample(image, control_points, output_size):
     out = F.grid_sample(image.to(acc), grid, mode="bilinear", padding_mode="border",
                         align_corners=True)
     return out.to(image.dtype)
+
+
+def _instance_norm(x, eps):
+    """Per-(image, channel) normalization over space with the biased variance."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def siman_local_stats(style, kernel_size=3, eps=1e-5):
+    """SimAN eq. 1: mean μ and deviation σ = sqrt(var + eps) of ``style`` [B, C, Hs, Ws]
+    over the k×k neighbourhood of every position, counting only positions inside the map.
+    Returns (μ, σ), each [B, C, Hs·Ws]."""
+    b, c, hs, ws = style.shape
+    pad = kernel_size // 2
+    inside = F.unfold(style.new_ones(1, 1, hs, ws), kernel_size, padding=pad)   # [1, k², L]
+    patches = F.unfold(style, kernel_size, padding=pad).view(b, c, kernel_size ** 2, hs * ws)
+    count = inside.sum(1)                                                      # [1, L]
+    mu = (patches * inside).sum(2) / count
+    var = ((patches - mu.unsqueeze(2)) ** 2 * inside).sum(2) / count
+    return mu, torch.sqrt(var + eps)
+
+
+def siman_normalize(content, style, *, kernel_size=3, eps=1e-5):
+    """Similarity-aware normalization (DESIGN.md §3, SimAN §3.2): normalize content [B, C,
+    H, W], then give each content position the local style statistics of the style
+    positions it resembles: out = σ̂ ⊙ IN(c) + μ̂ with [μ̂, σ̂] = softmax(IN(c)ᵀ IN(s) / √C)
+    · [μ, σ]. Computed in float32 (float64 for float64 inputs), cast back."""
+    acc = torch.float64 if content.dtype == torch.float64 else torch.float32
+    c, s = content.to(acc), style.to(acc)
+    b, ch, h, w = c.shape
+    c_hat, s_hat = _instance_norm(c, eps), _instance_norm(s, eps)
+    mu, sigma = siman_local_stats(s, kernel_size, eps)                          # [B, C, L]
+    scores = c_hat.flatten(2).transpose(1, 2) @ s_hat.flatten(2) / ch ** 0.5    # [B, HW, L]
+    attn = torch.softmax(scores, dim=-1)
+    mu_hat = (attn @ mu.transpose(1, 2)).transpose(1, 2).view(b, ch, h, w)
+    sigma_hat = (attn @ sigma.transpose(1, 2)).transpose(1, 2).view(b, ch, h, w)
+    return (sigma_hat * c_hat + mu_hat).to(content.dtype)

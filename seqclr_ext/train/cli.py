@@ -1,0 +1,95 @@
+"""``python -m seqclr_ext.train <subcommand> [options]``.
+
+Subcommands live in modules listed in ``COMMANDS``; each defines ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(config: dict) -> int`` (exit status). Option values
+are layered: parser defaults < ``--config`` YAML < the resumed run's saved config
+(``--resume``) < flags given on the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import supervised
+
+__all__ = ["COMMANDS", "main", "parse", "RUN_CONTROL_KEYS"]
+
+COMMANDS = {m.NAME: m for m in (supervised,)}
+
+# Options that steer one invocation and are not part of a run's saved config.
+RUN_CONTROL_KEYS = ("command", "config", "resume", "stop_after")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Shows every option's default, also for options without help text."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if action.option_strings and not flag and action.default is not None \
+                and action.default is not argparse.SUPPRESS:
+            text += f" (default: {action.default})"
+        return text
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(prog="python -m seqclr_ext.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="subcommand")
+    subparsers = {}
+    for name, module in COMMANDS.items():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
+                           formatter_class=_Formatter)
+        module.add_arguments(p)
+        subparsers[name] = p
+    return parser, subparsers
+
+
+def _yaml_defaults(path: str, valid: set[str]) -> dict:
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(values, dict):
+        raise SystemExit(f"error: {path}: expected a mapping of option: value")
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise SystemExit(f"error: {path}: unknown options {unknown}")
+    return values
+
+
+def parse(argv: Sequence[str] | None = None) -> dict:
+    """Command line -> config dict (``command`` + every option of the subcommand)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subparsers = build_parser()
+    args = parser.parse_args(argv)
+    sub = subparsers[args.command]
+    valid = {a.dest for a in sub._actions} - {"help"}
+    defaults = {}
+    if args.config:
+        defaults.update(_yaml_defaults(args.config, valid))
+    if args.resume:
+        last = Path(args.run_dir or defaults.get("run_dir") or "", "last.pt")
+        if not last.is_file():
+            raise SystemExit(f"error: --resume: no checkpoint at {last}")
+        saved = torch.load(last, map_location="cpu", weights_only=False)["config"]
+        defaults.update({k: v for k, v in saved.items()
+                         if k in valid and k not in RUN_CONTROL_KEYS})
+    if defaults:
+        sub.set_defaults(**defaults)
+        args = parser.parse_args(argv)
+    config = vars(args)
+    config.pop("_repeat_seen", None)
+    missing = [f"--{k.replace('_', '-')}" for k in getattr(COMMANDS[args.command], "REQUIRED", ())
+               if not config.get(k)]
+    if missing:
+        sub.error(f"the following arguments are required: {', '.join(missing)}")
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse(argv)
+    return COMMANDS[config["command"]].run(config)

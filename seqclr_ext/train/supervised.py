@@ -1,0 +1,92 @@
+"""``supervised``: train a recognizer (CTC or attention) on labelled LMDBs, optionally on a
+fixed random fraction of the labels (the 5 % / 10 % settings of SeqCLR Table 3)."""
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from torch.utils.data import ConcatDataset, DataLoader, Subset
+
+from ..data import LmdbDataset, RecognitionCollate, ResumableBatchSampler, load_or_make_subset
+from ..evaluate import predict
+from ..metrics import evaluate as score
+from .common import (Repeat, add_model_arguments, add_trainer_arguments, make_charset,
+                     make_recognizer, run_task, seed_everything, worker_ignore_sigterm)
+from .trainer import Task
+
+NAME = "supervised"
+HELP = "supervised training of a recognizer on labelled LMDB datasets"
+REQUIRED = ("train", "run_dir")
+
+
+def add_arguments(p) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--train", action=Repeat, metavar="LMDB", help="training LMDB (repeatable)")
+    g.add_argument("--val", action=Repeat, metavar="LMDB", help="validation LMDB (repeatable)")
+    g.add_argument("--label-fraction", type=float, default=1.0,
+                   help="train on a fixed random subset of this fraction of the samples; "
+                        "saved as RUN_DIR/label_subset.json")
+    g.add_argument("--label-subset", metavar="JSON",
+                   help="reuse exactly the subset saved by another run")
+    g.add_argument("--alphanumeric", action="store_true",
+                   help="validation scored case-insensitively on [0-9a-z]")
+    add_model_arguments(p)
+    add_trainer_arguments(p, iterations=50_000, batch_size=256)
+
+
+def training_set(config: dict, charset, run_dir: Path):
+    parts = [LmdbDataset(p, charset, max_length=config["max_length"]) for p in config["train"]]
+    for part in parts:
+        print(part.report(), file=sys.stderr)
+    data = ConcatDataset(parts)
+    subset_file = run_dir / "label_subset.json"
+    if config["label_subset"] and Path(config["label_subset"]).resolve() != subset_file.resolve():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(config["label_subset"], subset_file)
+    if config["label_subset"] or config["label_fraction"] < 1:
+        indices = load_or_make_subset(subset_file, len(data), config["label_fraction"],
+                                      config["seed"], sources=config["train"])
+        data = Subset(data, indices)
+        print(f"label subset: {len(data)} samples ({subset_file})", file=sys.stderr)
+    return data
+
+
+def run(config: dict) -> int:
+    run_dir = Path(config["run_dir"])
+    charset = make_charset(config)
+    train = training_set(config, charset, run_dir)
+    collate = RecognitionCollate(charset, height=config["height"], width=config["width"],
+                                 keep_ratio=config["keep_ratio"])
+    seed_everything(config["seed"])
+    model = make_recognizer(config, charset)
+    device, bs = config["device"], config["batch_size"]
+
+    def batches(step: int):
+        sampler = ResumableBatchSampler(len(train), bs, config["seed"], start=step * bs)
+        return iter(DataLoader(train, batch_sampler=sampler, num_workers=config["workers"],
+                               collate_fn=collate, pin_memory=device.startswith("cuda"),
+                               worker_init_fn=worker_ignore_sigterm))
+
+    def loss(batch):
+        widths = batch["widths"].to(device) if batch["widths"] is not None else None
+        out = model(batch["images"].to(device), widths, batch["targets"].to(device),
+                    batch["target_lengths"].to(device))
+        return out["loss"], {}
+
+    validate = None
+    if config["val"]:
+        eval_collate = RecognitionCollate(None, height=config["height"], width=config["width"],
+                                          keep_ratio=config["keep_ratio"])
+        val = ConcatDataset([LmdbDataset(p, None, max_length=None) for p in config["val"]])
+        val_loader = DataLoader(val, batch_size=bs, num_workers=config["workers"],
+                                collate_fn=eval_collate)
+
+        def validate():
+            preds, labels = predict(model, charset, val_loader, device)
+            return score(preds, labels, alphanumeric=config["alphanumeric"])
+
+    extra = {"model_config": asdict(model.config),
+             "charset": {"symbols": charset.symbols, "case_insensitive": charset.case_insensitive}}
+    return run_task(config, Task(model, batches, loss, validate, extra_state=extra))

@@ -1,0 +1,262 @@
+"""The training loop shared by every subcommand: AdaDelta + step-decay schedule (SeqCLR
+Appendix D), gradient clipping, atomic checkpoints with exact resume, best-validation
+checkpoint, tqdm progress, TensorBoard + CSV metrics, SIGTERM handling, divergence stop.
+
+A subcommand supplies a :class:`Task` (model, batches from a given step, loss of a batch,
+optional validation) and a config dict; the Trainer does the rest.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+__all__ = ["Task", "Trainer", "TrainingDiverged", "save_atomic", "rng_state", "set_rng_state",
+           "make_optimizer", "make_scheduler"]
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient norm stopped training."""
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then os.replace: a crash
+    or an error mid-save leaves any previous file at ``path`` intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+    """AdaDelta with SeqCLR Appendix D's settings as the config defaults."""
+    return torch.optim.Adadelta(params, lr=cfg["lr"], rho=cfg["rho"], eps=cfg["eps"],
+                                weight_decay=cfg["weight_decay"])
+
+
+def make_scheduler(optimizer, cfg: dict):
+    """Learning rate × ``lr_gamma`` at each fraction of ``iterations`` in ``lr_milestones``
+    (Appendix D: ÷10 after 60 % and 80 %); None without milestones."""
+    milestones = sorted({int(f * cfg["iterations"]) for f in cfg.get("lr_milestones") or ()})
+    if not milestones:
+        return None
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg["lr_gamma"])
+
+
+@dataclass
+class Task:
+    """What a subcommand trains. ``batches(step)`` yields the batches from ``step`` on (a
+    deterministic function of the step, for exact resume); ``loss(batch)`` returns the
+    scalar loss and optionally more scalars to log; ``validate()`` returns metrics, of
+    which ``best_metric`` (higher is better) selects ``best.pt``."""
+    model: torch.nn.Module
+    batches: Callable[[int], Iterator[Any]]
+    loss: Callable[[Any], tuple[torch.Tensor, dict[str, float]]]
+    validate: Callable[[], dict[str, float]] | None = None
+    best_metric: str = "word_accuracy"
+    extra_state: dict = field(default_factory=dict)   # saved in every checkpoint (charset…)
+
+
+class _Metrics:
+    """metrics.csv (step, wall time, tag, value) + TensorBoard; on resume, rows logged
+    after the resumed step by the interrupted run are dropped from both."""
+
+    def __init__(self, run_dir: Path, start_step: int, tensorboard: bool = True) -> None:
+        self.path = run_dir / "metrics.csv"
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.reader(f)][1:]
+            rows = [r for r in rows if int(r[0]) <= start_step]
+        self.file = open(self.path, "w", newline="")
+        self.csv = csv.writer(self.file)
+        self.csv.writerows([["step", "time", "tag", "value"], *rows])
+        self.file.flush()
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"),
+                                    purge_step=start_step + 1 if start_step else None)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        now = time.time()
+        for tag, value in values.items():
+            self.csv.writerow([step, f"{now:.3f}", tag, repr(float(value))])
+            if self.tb is not None:
+                self.tb.add_scalar(tag, value, step, walltime=now)
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Trainer:
+    """Runs ``task`` for ``config["iterations"]`` optimizer steps in ``run_dir``.
+
+    Config keys used: iterations, lr, rho, eps, weight_decay, grad_clip, lr_milestones,
+    lr_gamma, log_every, val_every, save_every, device, tensorboard. ``run_dir/last.pt`` is
+    written every ``save_every`` steps, at the end, when fit() stops early and on SIGTERM;
+    ``best.pt`` whenever validation improves.
+    """
+
+    def __init__(self, task: Task, config: dict, run_dir: str | os.PathLike,
+                 progress: bool = True) -> None:
+        self.task, self.config = task, config
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(config["device"])
+        self.model = task.model.to(self.device)
+        self.optimizer = make_optimizer(self.model.parameters(), config)
+        self.scheduler = make_scheduler(self.optimizer, config)
+        self.step = 0
+        self.best = -math.inf
+        self.progress = progress
+        self._stop_signal = None
+        self.saved_step = None   # step of the last.pt this process wrote or resumed from
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "step": self.step, "best": self.best, "rng": rng_state(),
+                "data": {"consumed_batches": self.step}, "config": self.config,
+                **self.task.extra_state}
+
+    def save(self, path: Path) -> None:
+        save_atomic(self.state_dict(), path)
+        if path == self.last_path:
+            self.saved_step = self.step
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore everything saved by :meth:`save` (the model already built by the task)."""
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step, self.best = ckpt["step"], ckpt["best"]
+        self.saved_step = self.step
+        set_rng_state(ckpt["rng"])
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def _validate(self, metrics: _Metrics) -> None:
+        if self.task.validate is None:
+            return
+        self.model.eval()
+        try:
+            values = self.task.validate()
+        finally:
+            self.model.train()
+        metrics.log(self.step, {f"val/{k}": v for k, v in values.items()})
+        score = values.get(self.task.best_metric)
+        if score is not None and score > self.best:
+            self.best = score
+            self.save(self.run_dir / "best.pt")
+        tqdm.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+
+    def fit(self, stop_after: int | None = None) -> str:
+        """Train to the end, for ``stop_after`` more steps, or until SIGTERM. Returns
+        "done", "paused" or "terminated"; raises TrainingDiverged on a non-finite loss."""
+        cfg = self.config
+        total, clip = cfg["iterations"], cfg["grad_clip"]
+        stop_at = total if stop_after is None else min(total, self.step + stop_after)
+        metrics = _Metrics(self.run_dir, self.step, cfg.get("tensorboard", True))
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if main_thread else None
+        bar = tqdm(total=total, initial=self.step, desc="train", disable=not self.progress,
+                   dynamic_ncols=True)
+        self.model.train()
+        status = "done"
+        try:
+            batches = self.task.batches(self.step)
+            while self.step < stop_at:
+                loss, extra = self.task.loss(next(batches))
+                if not torch.isfinite(loss):
+                    self._diverged(f"non-finite loss ({loss.item()})")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                      clip if clip else math.inf)
+                if not torch.isfinite(norm):
+                    self._diverged(f"non-finite gradient norm ({norm.item()})")
+                self.optimizer.step()
+                lr = self.optimizer.param_groups[0]["lr"]
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg["log_every"] == 0 or self.step == stop_at:
+                    values = {"train/loss": loss.item(), "train/grad_norm": norm.item(),
+                              "train/lr": lr, **{f"train/{k}": v for k, v in extra.items()}}
+                    metrics.log(self.step, values)
+                    bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{lr:.3g}")
+                val_every = cfg.get("val_every")
+                if val_every and (self.step % val_every == 0 or self.step == total):
+                    self._validate(metrics)
+                terminated = self._stop_signal is not None
+                if terminated or self.step % cfg["save_every"] == 0 or self.step == stop_at:
+                    self.save(self.last_path)
+                if terminated:
+                    status = "terminated"
+                    break
+            else:
+                status = "done" if self.step >= total else "paused"
+        finally:
+            bar.close()
+            metrics.close()
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+        return status
+
+    def _diverged(self, what: str) -> None:
+        last = (f"{self.last_path} (step {self.saved_step})" if self.saved_step is not None
+                else "none (nothing saved yet)")
+        raise TrainingDiverged(f"{what} at step {self.step + 1}; training stopped. "
+                               f"Last good checkpoint: {last}")

@@ -1,0 +1,224 @@
+"""seqclr_ext.train / seqclr_ext.evaluate: the supervised CLI end to end on a tiny LMDB,
+exact resume, label subsets, atomic checkpoints, divergence and SIGTERM stops."""
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import seqclr_ext
+from seqclr_ext import evaluate as evaluate_cli
+from seqclr_ext.data import (Charset, RecognitionCollate, ResumableBatchSampler, label_subset,
+                             load_or_make_subset, write_lmdb)
+from seqclr_ext.models import CTCDecoder
+from seqclr_ext.train import rng_state, save_atomic, set_rng_state
+from seqclr_ext.train.cli import main, parse
+
+WORDS = ["cat", "dog", "Hello", "42", "tree", "ok", "moon", "Sun!"]
+FAST = ["--device", "cpu", "--preset", "small", "--no-tps", "--batch-size", "4", "--workers", "0",
+        "--no-progress", "--log-every", "1"]
+
+
+def _image(word: str) -> Image.Image:
+    img = Image.new("L", (8 * len(word) + 8, 20), 255)
+    ImageDraw.Draw(img).text((4, 4), word, fill=0)  # PIL's built-in bitmap font
+    return img
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lmdb")
+    write_lmdb(root / "train", [(_image(w), w) for w in WORDS * 2])
+    write_lmdb(root / "val", [(_image(w), w) for w in WORDS[:4]])
+    return str(root / "train"), str(root / "val")
+
+
+def _env():
+    # The subprocesses must import the same seqclr_ext as this test.
+    src = str(Path(seqclr_ext.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _train(run_dir, train, *extra, iterations=6):
+    return main(["supervised", "--train", train, "--run-dir", str(run_dir),
+                 "--iterations", str(iterations), *FAST, *extra])
+
+
+def test_cli_end_to_end(data, tmp_path):
+    train, val = data
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "seqclr_ext.train", "supervised", "--train", train,
+           "--val", val, "--run-dir", str(run), "--decoder", "ctc", "--iterations", "6",
+           "--val-every", "3", *FAST, "--workers", "1"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+    assert (run / "config.yaml").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,time,tag,value"
+    tags = {r.split(",")[2] for r in rows[1:]}
+    assert {"train/loss", "train/lr", "val/word_accuracy", "val/cer"} <= tags
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["step"] == 6 and ckpt["config"]["decoder"] == "ctc"
+    assert set(ckpt["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert ckpt["data"] == {"consumed_batches": 6} and ckpt["scheduler"] is not None
+
+    out = tmp_path / "metrics.json"
+    proc = subprocess.run([sys.executable, "-m", "seqclr_ext.evaluate", "--checkpoint",
+                           str(run / "best.pt"), "--data", val, "--json", str(out)],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "word_accuracy" in proc.stdout and "one_minus_ned" in proc.stdout
+    result = json.loads(out.read_text())["results"][val]
+    assert result["samples"] == 4 and 0 <= result["word_accuracy"] <= 1
+
+
+def test_attention_decoder_and_keep_ratio(data, tmp_path, capsys):
+    train, val = data
+    assert _train(tmp_path / "run", train, "--decoder", "attention", "--keep-ratio",
+                  "--val", val, "--val-every", "2", iterations=2) == 0
+    preds = tmp_path / "preds.tsv"
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", val,
+                              "--alphanumeric", "--predictions", str(preds)]) == 0
+    assert "alphanumeric scoring" in capsys.readouterr().out
+    assert len(preds.read_text().splitlines()) == 4
+
+
+def test_resume_is_exact(data, tmp_path, capsys):
+    train, _ = data
+    assert _train(tmp_path / "straight", train) == 0
+    assert _train(tmp_path / "split", train, "--stop-after", "3") == 0
+    assert torch.load(tmp_path / "split" / "last.pt", weights_only=False)["step"] == 3
+    # Everything else comes from the run's saved config.
+    assert main(["supervised", "--run-dir", str(tmp_path / "split"), "--resume"]) == 0
+    assert "resumed" in capsys.readouterr().err
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for k, state in a["optimizer"]["state"].items():
+        for key, value in state.items():
+            other = b["optimizer"]["state"][k][key]
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other))
+    steps = [r.split(",")[0] for r in (tmp_path / "split" / "metrics.csv").read_text().splitlines()
+             if ",train/loss," in r]
+    assert steps == [str(i) for i in range(1, 7)]  # no step logged twice
+    # A finished run refuses to be overwritten without --resume.
+    assert _train(tmp_path / "straight", train) == 2
+
+
+def test_rng_state_round_trip():
+    state = rng_state()
+    x = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    set_rng_state(state)
+    y = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    assert torch.equal(x[0], y[0]) and x[1:] == y[1:]
+
+
+def test_sampler_resumes_mid_stream():
+    full = ResumableBatchSampler(10, 4, seed=1)
+    stream = list(itertools.islice(iter(full), 7))          # crosses epoch boundaries
+    later = list(itertools.islice(iter(ResumableBatchSampler(10, 4, seed=1, start=12)), 4))
+    assert later == stream[3:]
+    assert sorted(sum(stream[:5], [])[:10]) == list(range(10))  # epoch 0 is a permutation
+
+
+def test_label_fraction_subset(data, tmp_path):
+    assert label_subset(100, 0.1, seed=3) == label_subset(100, 0.1, seed=3)
+    assert label_subset(100, 0.1, seed=3) != label_subset(100, 0.1, seed=4)
+    assert len(label_subset(100, 0.05, seed=0)) == 5
+    train, _ = data
+    assert _train(tmp_path / "a", train, "--label-fraction", "0.25", iterations=1) == 0
+    saved = json.loads((tmp_path / "a" / "label_subset.json").read_text())
+    assert saved["num_samples"] == 16 and len(saved["indices"]) == 4
+    assert saved["indices"] == label_subset(16, 0.25, seed=0)
+    # Another run (e.g. fine-tuning) reuses exactly that subset, whatever its seed.
+    subset = str(tmp_path / "a" / "label_subset.json")
+    assert _train(tmp_path / "b", train, "--label-subset", subset, "--seed", "7",
+                  iterations=1) == 0
+    assert json.loads((tmp_path / "b" / "label_subset.json").read_text()) == saved
+    with pytest.raises(ValueError, match="16-sample"):
+        load_or_make_subset(tmp_path / "a" / "label_subset.json", 20, 0.25, 0)
+
+
+def test_save_atomic_keeps_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"step": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_nan_loss_stops_with_message(data, tmp_path, monkeypatch, capsys):
+    original, calls = CTCDecoder.loss, []
+
+    def loss(self, *args):
+        calls.append(1)
+        value = original(self, *args)
+        return value * float("nan") if len(calls) == 3 else value
+
+    monkeypatch.setattr(CTCDecoder, "loss", loss)
+    train, _ = data
+    assert _train(tmp_path / "run", train, "--decoder", "ctc", "--save-every", "1") == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "at step 3" in err
+    assert f"{tmp_path / 'run' / 'last.pt'} (step 2)" in err
+
+
+def test_sigterm_saves_and_exits(data, tmp_path, monkeypatch, capsys):
+    original, calls = CTCDecoder.loss, []
+
+    def loss(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args)
+
+    monkeypatch.setattr(CTCDecoder, "loss", loss)
+    train, _ = data
+    assert _train(tmp_path / "run", train, "--decoder", "ctc") == 0
+    assert "SIGTERM" in capsys.readouterr().err
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 2
+
+
+def test_collate():
+    cs = Charset("abc")
+    samples = [(Image.new("L", (40, 16), 255), "ab"), (Image.new("L", (20, 16), 0), "c")]
+    fixed = RecognitionCollate(cs)(samples)
+    assert fixed["images"].shape == (2, 1, 32, 100) and fixed["widths"] is None
+    assert fixed["images"].max() == 1 and fixed["images"].min() == -1
+    assert fixed["targets"].tolist() == [[0, 1], [2, 0]]  # 0-based, padded with 0
+    assert fixed["target_lengths"].tolist() == [2, 1]
+    ragged = RecognitionCollate(None, keep_ratio=True)(samples)
+    assert ragged["images"].shape == (2, 1, 32, 80) and ragged["widths"].tolist() == [80, 40]
+    assert (ragged["images"][1, :, :, 40:] == 0).all() and "targets" not in ragged
+
+
+def test_yaml_config_and_flag_override(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: [a, b]\nrun-dir: r\nlr: 10\nbatch_size: 8\n")
+    c = parse(["supervised", "--config", str(cfg), "--batch-size", "16"])
+    assert c["train"] == ["a", "b"] and c["lr"] == 10 and c["batch_size"] == 16
+    assert c["rho"] == 0.95 and c["weight_decay"] == 1e-4 and c["grad_clip"] == 5
+    assert parse(["supervised", "--config", str(cfg), "--train", "x"])["train"] == ["x"]
+    cfg.write_text("trian: a\n")
+    with pytest.raises(SystemExit):
+        parse(["supervised", "--config", str(cfg)])
