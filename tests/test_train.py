@@ -70,7 +70,7 @@ def test_cli_end_to_end(data, tmp_path):
     ckpt = torch.load(run / "last.pt", weights_only=False)
     assert ckpt["step"] == 6 and ckpt["config"]["decoder"] == "ctc"
     assert set(ckpt["rng"]) == {"python", "numpy", "torch", "cuda"}
-    assert ckpt["data"] == {"consumed_batches": 6} and ckpt["scheduler"] is not None
+    assert ckpt["data"] == {"consumed_batches": 6} and ckpt["schedulers"]["main"]
 
     out = tmp_path / "metrics.json"
     proc = subprocess.run([sys.executable, "-m", "seqclr_ext.evaluate", "--checkpoint",
@@ -106,9 +106,9 @@ def test_resume_is_exact(data, tmp_path, capsys):
     assert a["step"] == b["step"] == 6
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    for k, state in a["optimizer"]["state"].items():
+    for k, state in a["optimizers"]["main"]["state"].items():
         for key, value in state.items():
-            other = b["optimizer"]["state"][k][key]
+            other = b["optimizers"]["main"]["state"][k][key]
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(other))
     steps = [r.split(",")[0] for r in (tmp_path / "split" / "metrics.csv").read_text().splitlines()
              if ",train/loss," in r]

@@ -88,13 +88,23 @@ class Task:
     """What a subcommand trains. ``batches(step)`` yields the batches from ``step`` on (a
     deterministic function of the step, for exact resume); ``loss(batch)`` returns the
     scalar loss and optionally more scalars to log; ``validate()`` returns metrics, of
-    which ``best_metric`` (higher is better) selects ``best.pt``."""
+    which ``best_metric`` (higher is better) selects ``best.pt``.
+
+    By default the Trainer makes one AdaDelta optimizer (+ step schedule) over the model's
+    parameters and does the step itself (zero_grad, backward, clipping). A task that
+    optimizes differently (SimAN's alternating generator / discriminator updates with Adam)
+    passes its own ``optimizers`` / ``schedulers`` by name (all saved and resumed) and a
+    ``train_step(batch) -> (loss, scalars)`` that does the backward passes and steps; the
+    Trainer still checks the loss, steps the schedulers, logs, validates and saves."""
     model: torch.nn.Module
     batches: Callable[[int], Iterator[Any]]
     loss: Callable[[Any], tuple[torch.Tensor, dict[str, float]]]
     validate: Callable[[], dict[str, float]] | None = None
     best_metric: str = "word_accuracy"
     extra_state: dict = field(default_factory=dict)   # saved in every checkpoint (charset…)
+    optimizers: dict[str, torch.optim.Optimizer] | None = None
+    schedulers: dict[str, Any] | None = None
+    train_step: Callable[[Any], tuple[torch.Tensor, dict[str, float]]] | None = None
 
 
 class _Metrics:
@@ -148,8 +158,12 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(config["device"])
         self.model = task.model.to(self.device)
-        self.optimizer = make_optimizer(self.model.parameters(), config)
-        self.scheduler = make_scheduler(self.optimizer, config)
+        if task.optimizers is None:
+            self.optimizers = {"main": make_optimizer(self.model.parameters(), config)}
+            self.schedulers = {"main": make_scheduler(self.optimizers["main"], config)}
+        else:
+            self.optimizers = dict(task.optimizers)
+            self.schedulers = dict(task.schedulers or {})
         self.step = 0
         self.best = -math.inf
         self.progress = progress
@@ -161,8 +175,9 @@ class Trainer:
         return self.run_dir / "last.pt"
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+        return {"model": self.model.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items() if s},
                 "step": self.step, "best": self.best, "rng": rng_state(),
                 "data": {"consumed_batches": self.step}, "config": self.config,
                 **self.task.extra_state}
@@ -176,9 +191,11 @@ class Trainer:
         """Restore everything saved by :meth:`save` (the model already built by the task)."""
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt.get("scheduler") is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(ckpt["optimizers"][name])
+        for name, scheduler in self.schedulers.items():
+            if scheduler is not None:
+                scheduler.load_state_dict(ckpt["schedulers"][name])
         self.step, self.best = ckpt["step"], ckpt["best"]
         self.saved_step = self.step
         set_rng_state(ckpt["rng"])
@@ -217,24 +234,22 @@ class Trainer:
         try:
             batches = self.task.batches(self.step)
             while self.step < stop_at:
-                loss, extra = self.task.loss(next(batches))
-                if not torch.isfinite(loss):
-                    self._diverged(f"non-finite loss ({loss.item()})")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                      clip if clip else math.inf)
-                if not torch.isfinite(norm):
-                    self._diverged(f"non-finite gradient norm ({norm.item()})")
-                self.optimizer.step()
-                lr = self.optimizer.param_groups[0]["lr"]
-                if self.scheduler is not None:
-                    self.scheduler.step()
+                batch = next(batches)
+                if self.task.train_step is not None:
+                    loss, extra = self.task.train_step(batch)
+                    if not torch.isfinite(loss):
+                        self._diverged(f"non-finite loss ({loss.item()})")
+                else:
+                    loss, extra = self._default_step(batch, clip)
+                lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]
+                for scheduler in self.schedulers.values():
+                    if scheduler is not None:
+                        scheduler.step()
                 self.step += 1
                 bar.update(1)
                 if self.step % cfg["log_every"] == 0 or self.step == stop_at:
-                    values = {"train/loss": loss.item(), "train/grad_norm": norm.item(),
-                              "train/lr": lr, **{f"train/{k}": v for k, v in extra.items()}}
+                    values = {"train/loss": loss.item(), "train/lr": lr,
+                              **{f"train/{k}": v for k, v in extra.items()}}
                     metrics.log(self.step, values)
                     bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{lr:.3g}")
                 val_every = cfg.get("val_every")
@@ -254,6 +269,20 @@ class Trainer:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
         return status
+
+    def _default_step(self, batch, clip: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """loss, backward, clip, step of the single default optimizer."""
+        loss, extra = self.task.loss(batch)
+        if not torch.isfinite(loss):
+            self._diverged(f"non-finite loss ({loss.item()})")
+        optimizer = self.optimizers["main"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
+        if not torch.isfinite(norm):
+            self._diverged(f"non-finite gradient norm ({norm.item()})")
+        optimizer.step()
+        return loss, {**extra, "grad_norm": norm.item()}
 
     def _diverged(self, what: str) -> None:
         last = (f"{self.last_path} (step {self.saved_step})" if self.saved_step is not None
