@@ -126,7 +126,8 @@ C10_HOST_DEVICE inline void border_clamp(acc_t coord, int64_t size, int64_t& i0,
   const acc_t ic = (coord + acc_t(1)) / acc_t(2) * max;  // unnormalize, align_corners=True
   const bool inside = ic > acc_t(0) && ic < max;
   const acc_t c = ic <= acc_t(0) ? acc_t(0) : (ic >= max ? max : ic);  // NaN stays NaN
-  i0 = c >= acc_t(1) ? static_cast<int64_t>(std::floor(c)) : 0;       // in [0, size − 1]
+  // c >= 0, so truncation is floor (and no libm call on CPU); NaN fails the test -> 0.
+  i0 = c >= acc_t(1) ? static_cast<int64_t>(c) : 0;                   // in [0, size − 1]
   if (i0 > size - 1) i0 = size - 1;
   has_i1 = i0 + 1 < size;
   w0 = static_cast<acc_t>(i0 + 1) - c;
