@@ -25,7 +25,7 @@ Cases (instances = rows of the stacked [Z_a; Z_b], i.e. 2M):
 - ``nce_rows_R2560_C10240``: the primitive in a 4-rank data-parallel shape: 2,560 local
   rows against 4 x 2,560 gathered columns, F=256.
 
-Each test first runs the callable once, untimed, to measure its peak memory (this is also
+The shared race is benchmarks/harness.py. Each test first runs the callable once, untimed, to measure its peak memory (this is also
 the warm-up; torch.compile gets extra warm-up calls first, until its call time settles),
 then times ``rounds`` calls with benchmark.pedantic(iterations=1). A case whose estimated
 peak memory does not fit (CPU: ``--bench-max-cpu-gb``, default 16 GiB, and the memory
@@ -34,35 +34,23 @@ available now; CUDA: the free device memory) is skipped with the estimate in the
 extra_info of every result: op, case, impl, mode, device, device_name, dtype, instances,
 features, flops (nominal: 2·R·C·F forward, 6·R·C·F forward+backward, with R = C = 2M for
 seq_nce — the same count for every implementation), gflop_per_s / tflop_per_s (from the
-median), peak_memory_bytes (+ method), eager_peak_memory_estimate_bytes, loss (to see the
-implementations agree), and, when the eager result of the same case ran earlier in the
+median), peak_memory_bytes (+ method), eager_peak_memory_estimate_bytes, checksum (the
+loss, to see the implementations agree), and, when the eager result of the same case ran earlier in the
 session, speedup_vs_eager and memory_ratio_vs_eager. benchmarks/report.py turns the
 --benchmark-json file into the table of benchmarks/RESULTS.md.
 
 No timing is asserted anywhere.
 """
-import time
-
 import pytest
 import torch
+from harness import (DEVICE_DTYPES, IMPLS, MODES, implementation, race, skip_unless_fits,
+                     skip_unless_runnable, sync)
 
 import seqclr_ext.ops as ops
 from seqclr_ext.ops import reference
 
 TEMPERATURE = 0.1
 SEED = 0
-
-HAS_CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="CUDA is not available")
-
-DEVICE_DTYPES = [
-    pytest.param("cpu", torch.float32, id="cpu-float32"),
-    pytest.param("cuda", torch.float32, id="cuda-float32", marks=needs_cuda),
-    pytest.param("cuda", torch.float16, id="cuda-float16", marks=needs_cuda),
-    pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16", marks=needs_cuda),
-]
-MODES = ["fwd", "fwd_bwd"]
-IMPLS = ["eager", "compiled", "fused"]
 
 # Timed rounds per case and device (--bench-rounds overrides). The CPU numbers keep the
 # whole CPU suite to minutes on a 2-core machine: the frame cases take seconds a call.
@@ -80,143 +68,25 @@ SEQ_NCE_PARAMS = [
 ]
 NCE_ROWS_CASE = dict(local_rows=2560, ranks=4, features=256, rounds={"cpu": 5, "cuda": 50})
 
-# Results of the eager implementation, by (op, case, mode, device, dtype), so later results
-# of the same case can record their speed-up and memory ratio (report.py recomputes both
-# from the JSON whatever the order).
-_EAGER = {}
 
 
-# --------------------------------------------------------------------------- helpers
-
-def _seq_nce_fn(impl):
-    if impl == "fused":
-        return ops.seq_nce
-    if impl == "eager":
-        return reference.seq_nce
-    torch._dynamo.reset()
-    return torch.compile(reference.seq_nce, dynamic=False)
-
-
-def _nce_rows_fn(impl):
-    if impl == "fused":
-        return ops.nce_rows
-    if impl == "eager":
-        return reference.nce_rows
-    torch._dynamo.reset()
-    return torch.compile(reference.nce_rows, dynamic=False)
-
-
-def _has_kernel(op, device):
-    key = "CUDA" if torch.device(device).type == "cuda" else "CPU"
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"seqclr_ext::{op}", key)
-
-
-def _skip_unless_fused_available(impl, op, device):
-    if impl != "fused":
-        return
-    if ops.USE_REFERENCE:
-        pytest.skip("SEQCLR_EXT_REFERENCE=1: the fused op would run the reference")
-    if not _has_kernel(op, device):
-        pytest.skip(f"this build of seqclr_ext has no {device.upper()} kernel of {op}")
-
-
-def _skip_unless_compilable(impl, device):
-    if impl != "compiled" or torch.device(device).type != "cuda":
-        return
-    try:
-        from torch.utils._triton import has_triton
-    except ImportError:  # pragma: no cover - older torch
-        return
-    if not has_triton():
-        pytest.skip("torch.compile on CUDA needs Triton, which is not installed")
-
-
-def _skip_unless_fits(estimate, device, bench_options, memory_available):
-    gib = 2**30
-    if torch.device(device).type == "cuda":
-        free, _ = torch.cuda.mem_get_info()
-        if estimate > 0.9 * free:
-            pytest.skip(f"estimated peak {estimate / gib:.1f} GiB exceeds 90% of the "
-                        f"{free / gib:.1f} GiB free on the GPU")
-        return
-    limit = bench_options["max_cpu_bytes"]
-    if estimate > limit:
-        pytest.skip(f"estimated peak {estimate / gib:.1f} GiB exceeds --bench-max-cpu-gb="
-                    f"{limit / gib:g}")
-    available = memory_available()
-    if available is not None and estimate > available - 2 * gib:
-        pytest.skip(f"estimated peak {estimate / gib:.1f} GiB exceeds the "
-                    f"{available / gib:.1f} GiB available now less 2 GiB")
-
-
-def _warm_compiled(call):
-    """Call a torch.compile'd callable until its call time settles (the first call compiles;
-    the next ones can still be slow while inductor finishes). Returns the seconds spent."""
-    start = time.perf_counter()
-    previous = None
-    for _ in range(6):
-        t0 = time.perf_counter()
-        call()
-        dt = time.perf_counter() - t0
-        if previous is not None and dt < 1.5 * previous:
-            break
-        previous = dt
-    return time.perf_counter() - start
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _run_benchmark(benchmark, *, op, case, impl, mode, device, dtype, rows, cols, features,
-                   rounds, setup, target, eager_estimate, bench_options, device_name,
-                   peak_memory, memory_available, info):
-    _skip_unless_compilable(impl, device)
-    estimate = eager_estimate if impl != "fused" else 0
-    _skip_unless_fits(estimate, device, bench_options, memory_available)
-
-    def one_call():
-        args, _ = setup()
-        return target(*args)
-
-    extra = {}
-    if impl == "compiled":
-        extra["compile_warmup_s"] = round(_warm_compiled(one_call), 3)
-    losses = []
-    peak, method = peak_memory(lambda: losses.append(one_call()), device)
-
-    dev = torch.device(device).type
-    rounds = bench_options["rounds"] or rounds[dev]
-    benchmark.group = f"{op}[{case}] {mode} {device} {str(dtype).removeprefix('torch.')}"
-    benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1,
-                       warmup_rounds=2 if dev == "cuda" else (1 if rounds >= 5 else 0))
-
+def _race(benchmark, *, op, case, impl, mode, device, dtype, rows, cols, features, rounds,
+          setup, target, eager_estimate, fixtures, info):
+    """The harness's race, with the nominal flop count and eager's estimated peak."""
+    skip_unless_fits(eager_estimate if impl != "fused" else 0, device,
+                     fixtures["bench_options"], fixtures["memory_available"])
     flops = (6 if mode == "fwd_bwd" else 2) * rows * cols * features
-    key = (op, case, mode, device, str(dtype))
-    median = benchmark.stats.stats.median if benchmark.stats is not None else None
-    extra.update(info)
-    extra.update(
-        op=op, case=case, impl=impl, mode=mode, device=device, device_name=device_name(device),
-        dtype=str(dtype).removeprefix("torch."), features=features, flops=flops,
-        peak_memory_bytes=int(peak), peak_memory_method=method,
-        eager_peak_memory_estimate_bytes=int(eager_estimate),
-        loss=float(losses[0]), torch_version=torch.__version__,
-        torch_threads=torch.get_num_threads(),
-    )
-    if median:
-        extra["gflop_per_s"] = flops / median / 1e9
-        if dev == "cuda":
-            extra["tflop_per_s"] = flops / median / 1e12
-    if impl == "eager":
-        _EAGER[key] = (median, peak)
-    elif key in _EAGER:
-        eager_median, eager_peak = _EAGER[key]
-        if median and eager_median:
-            extra["speedup_vs_eager"] = eager_median / median
-        if peak and eager_peak:
-            extra["memory_ratio_vs_eager"] = eager_peak / peak
-    benchmark.extra_info.update(extra)
+
+    def rates(median):
+        out = {"gflop_per_s": flops / median / 1e9}
+        if torch.device(device).type == "cuda":
+            out["tflop_per_s"] = flops / median / 1e12
+        return out
+
+    race(benchmark, op=op, case=case, impl=impl, mode=mode, device=device, dtype=dtype,
+         rounds=rounds, setup=setup, target=target, fixtures=fixtures, rates=rates,
+         info=dict(info, features=features, flops=flops,
+                   eager_peak_memory_estimate_bytes=int(eager_estimate)))
 
 
 # --------------------------------------------------------------------------- seq_nce
@@ -255,11 +125,11 @@ def _eager_estimate(rows, cols, dtype, mode):
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 def test_seq_nce(benchmark, case, mode, impl, device, dtype, bench_options, device_name,
                  peak_memory, memory_available):
-    _skip_unless_fused_available(impl, "seq_nce", device)
+    skip_unless_runnable(impl, "seq_nce", device)
     c = SEQ_NCE_CASES[case]
     instances = _seq_nce_instances(case)
     frames_a, frames_b, lengths = _seq_nce_inputs(case, device, dtype)
-    fn = _seq_nce_fn(impl)
+    fn = implementation(impl, ops.seq_nce, reference.seq_nce)
     backward = mode == "fwd_bwd"
 
     def setup():
@@ -274,16 +144,16 @@ def test_seq_nce(benchmark, case, mode, impl, device, dtype, bench_options, devi
                       temperature=TEMPERATURE)
             if backward:
                 loss.backward()
-        _sync(device)
+        sync(device)
         return loss.detach()
 
-    _run_benchmark(
+    _race(
         benchmark, op="seq_nce", case=case, impl=impl, mode=mode, device=device, dtype=dtype,
         rows=instances, cols=instances, features=c["features"], rounds=c["rounds"],
         setup=setup, target=target,
         eager_estimate=_eager_estimate(instances, instances, dtype, mode),
-        bench_options=bench_options, device_name=device_name, peak_memory=peak_memory,
-        memory_available=memory_available,
+        fixtures=dict(bench_options=bench_options, device_name=device_name,
+                      peak_memory=peak_memory, memory_available=memory_available),
         info=dict(instances=instances, batch=c["batch"], frames=c["frames"],
                   mapping=c["mapping"], num_windows=c["num_windows"],
                   temperature=TEMPERATURE))
@@ -312,11 +182,11 @@ def _nce_rows_inputs(device, dtype):
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 def test_nce_rows(benchmark, mode, impl, device, dtype, bench_options, device_name,
                   peak_memory, memory_available):
-    _skip_unless_fused_available(impl, "nce_rows", device)
+    skip_unless_runnable(impl, "nce_rows", device)
     c = NCE_ROWS_CASE
     R, C = c["local_rows"], c["local_rows"] * c["ranks"]
     rows, cols, positive, exclude = _nce_rows_inputs(device, dtype)
-    fn = _nce_rows_fn(impl)
+    fn = implementation(impl, ops.nce_rows, reference.nce_rows)
     backward = mode == "fwd_bwd"
 
     def setup():
@@ -330,14 +200,14 @@ def test_nce_rows(benchmark, mode, impl, device, dtype, bench_options, device_na
             loss = fn(q, k, positive, exclude, temperature=TEMPERATURE).mean()
             if backward:
                 loss.backward()
-        _sync(device)
+        sync(device)
         return loss.detach()
 
     case = f"nce_rows_R{R}_C{C}"
-    _run_benchmark(
+    _race(
         benchmark, op="nce_rows", case=case, impl=impl, mode=mode, device=device,
         dtype=dtype, rows=R, cols=C, features=c["features"], rounds=c["rounds"],
         setup=setup, target=target, eager_estimate=_eager_estimate(R, C, dtype, mode),
-        bench_options=bench_options, device_name=device_name, peak_memory=peak_memory,
-        memory_available=memory_available,
+        fixtures=dict(bench_options=bench_options, device_name=device_name,
+                      peak_memory=peak_memory, memory_available=memory_available),
         info=dict(instances=R, columns=C, ranks=c["ranks"], temperature=TEMPERATURE))

@@ -12,11 +12,16 @@ command-line options added here).
 import ctypes
 import os
 import platform
+import sys
 import threading
 import time
 
 import pytest
 import torch
+
+# The suites import their shared race (benchmarks/harness.py) by name; pyproject's
+# importlib import mode does not put this folder on sys.path by itself.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 # --------------------------------------------------------------------------- collection
