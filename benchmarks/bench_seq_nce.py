@@ -25,8 +25,8 @@ Cases (instances = rows of the stacked [Z_a; Z_b], i.e. 2M):
 - ``nce_rows_R2560_C10240``: the primitive in a 4-rank data-parallel shape: 2,560 local
   rows against 4 x 2,560 gathered columns, F=256.
 
-The shared race is benchmarks/harness.py. Each test first runs the callable once, untimed, to measure its peak memory (this is also
-the warm-up; torch.compile gets extra warm-up calls first, until its call time settles),
+The shared race is benchmarks/harness.py. Each test first runs the callable once, untimed,
+to measure its peak memory (this is also the warm-up; torch.compile gets extra warm-up calls first, until its call time settles),
 then times ``rounds`` calls with benchmark.pedantic(iterations=1). A case whose estimated
 peak memory does not fit (CPU: ``--bench-max-cpu-gb``, default 16 GiB, and the memory
 available now; CUDA: the free device memory) is skipped with the estimate in the reason.
