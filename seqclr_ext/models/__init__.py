@@ -1,6 +1,7 @@
 """Recognizer models (SeqCLR Appendix A; deep-text-recognition-benchmark's
 TPS-ResNet-BiLSTM-CTC/Attn): TPS rectification, ResNet feature extractor, BiLSTM sequence
 modelling, CTC and attention decoders, and the assembled ``Recognizer``."""
+from .heads import HEADS, ProjectionHead
 from .decoders import ATTN_EOS, ATTN_GO, CTC_BLANK, AttentionCell, AttentionDecoder, CTCDecoder
 from .recognizer import PRESETS, Recognizer, RecognizerConfig
 from .resnet import (MIN_WIDTH, RESNET_PRESETS, BasicBlock, ResNetFeatureExtractor,
@@ -10,7 +11,7 @@ from .sequence import (BidirectionalLSTM, SequenceModeling, length_mask, lengths
 from .tps import LOCALIZATION_PRESETS, TPSLocalization, TPSRectifier, resize_valid
 
 __all__ = [
-    "Recognizer", "RecognizerConfig", "PRESETS",
+    "Recognizer", "RecognizerConfig", "PRESETS", "ProjectionHead", "HEADS",
     "TPSLocalization", "TPSRectifier", "resize_valid", "LOCALIZATION_PRESETS",
     "ResNetFeatureExtractor", "BasicBlock", "frames_for_width", "MIN_WIDTH", "RESNET_PRESETS",
     "BidirectionalLSTM", "SequenceModeling", "padded_to_packed", "packed_to_padded",

@@ -1,4 +1,14 @@
-"""``python -m seqclr_ext.train <subcommand> [options]``.
+"""``python -m seqclr_ext.train <subcommand> [options]``; with no arguments, the built-in
+demo (``default``: render data, SeqCLR pre-training, decoder evaluation, a table).
+
+Typical use on your own LMDBs (deep-text-recognition-benchmark layout):
+
+    python -m seqclr_ext.train pretrain --train unlabeled.lmdb --run-dir runs/seqclr
+    python -m seqclr_ext.train decoder-eval --encoder runs/seqclr/encoder.pt
+        --train labelled.lmdb --val val.lmdb --test test.lmdb --run-dir runs/eval
+    python -m seqclr_ext.train finetune --encoder runs/seqclr/encoder.pt
+        --train labelled.lmdb --label-fraction 0.05 --run-dir runs/ft5
+    python -m seqclr_ext.train supervised --train labelled.lmdb --run-dir runs/sup
 
 Subcommands live in modules listed in ``COMMANDS``; each defines ``NAME``, ``HELP``,
 ``add_arguments(parser)`` and ``run(config: dict) -> int`` (exit status). Option values
@@ -15,11 +25,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import supervised
+from . import decoder_eval, default, finetune, pretrain, supervised
 
 __all__ = ["COMMANDS", "main", "parse", "RUN_CONTROL_KEYS"]
 
-COMMANDS = {m.NAME: m for m in (supervised,)}
+COMMANDS = {m.NAME: m for m in (default, pretrain, decoder_eval, finetune, supervised)}
 
 # Options that steer one invocation and are not part of a run's saved config.
 RUN_CONTROL_KEYS = ("command", "config", "resume", "stop_after")
@@ -69,9 +79,9 @@ def parse(argv: Sequence[str] | None = None) -> dict:
     sub = subparsers[args.command]
     valid = {a.dest for a in sub._actions} - {"help"}
     defaults = {}
-    if args.config:
+    if getattr(args, "config", None):
         defaults.update(_yaml_defaults(args.config, valid))
-    if args.resume:
+    if getattr(args, "resume", False):
         last = Path(args.run_dir or defaults.get("run_dir") or "", "last.pt")
         if not last.is_file():
             raise SystemExit(f"error: --resume: no checkpoint at {last}")
@@ -91,5 +101,6 @@ def parse(argv: Sequence[str] | None = None) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = parse(argv or ["default"])  # no arguments: the built-in demo
     return COMMANDS[config["command"]].run(config)

@@ -2,6 +2,7 @@
 fixed random fraction of the labels (the 5 % / 10 % settings of SeqCLR Table 3)."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from dataclasses import asdict
@@ -10,7 +11,7 @@ from pathlib import Path
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from ..data import LmdbDataset, RecognitionCollate, ResumableBatchSampler, load_or_make_subset
-from ..evaluate import predict
+from ..evaluate import evaluate_dataset, format_table, predict
 from ..metrics import evaluate as score
 from .common import (Repeat, add_model_arguments, add_trainer_arguments, make_charset,
                      make_recognizer, run_task, seed_everything, worker_ignore_sigterm)
@@ -21,17 +22,24 @@ HELP = "supervised training of a recognizer on labelled LMDB datasets"
 REQUIRED = ("train", "run_dir")
 
 
-def add_arguments(p) -> None:
+def add_data_arguments(p) -> None:
+    """Labelled data options of supervised, decoder-eval and finetune."""
     g = p.add_argument_group("data")
     g.add_argument("--train", action=Repeat, metavar="LMDB", help="training LMDB (repeatable)")
     g.add_argument("--val", action=Repeat, metavar="LMDB", help="validation LMDB (repeatable)")
+    g.add_argument("--test", action=Repeat, metavar="LMDB",
+                   help="LMDB scored with the final model after training (repeatable)")
     g.add_argument("--label-fraction", type=float, default=1.0,
                    help="train on a fixed random subset of this fraction of the samples; "
                         "saved as RUN_DIR/label_subset.json")
     g.add_argument("--label-subset", metavar="JSON",
                    help="reuse exactly the subset saved by another run")
     g.add_argument("--alphanumeric", action="store_true",
-                   help="validation scored case-insensitively on [0-9a-z]")
+                   help="validation and test scored case-insensitively on [0-9a-z]")
+
+
+def add_arguments(p) -> None:
+    add_data_arguments(p)
     add_model_arguments(p)
     add_trainer_arguments(p, iterations=50_000, batch_size=256)
 
@@ -54,14 +62,22 @@ def training_set(config: dict, charset, run_dir: Path):
 
 
 def run(config: dict) -> int:
-    run_dir = Path(config["run_dir"])
     charset = make_charset(config)
+    seed_everything(config["seed"])
+    return train_recognizer(config, make_recognizer(config, charset), charset)
+
+
+def train_recognizer(config: dict, model, charset) -> int:
+    """Trains ``model`` on config["train"] (label fraction / subset applied), validates on
+    config["val"], then scores the final model on each config["test"] LMDB (a table on
+    stdout, RUN_DIR/test_metrics.json). Shared by supervised, decoder-eval and finetune."""
+    run_dir = Path(config["run_dir"])
     train = training_set(config, charset, run_dir)
     collate = RecognitionCollate(charset, height=config["height"], width=config["width"],
                                  keep_ratio=config["keep_ratio"])
-    seed_everything(config["seed"])
-    model = make_recognizer(config, charset)
     device, bs = config["device"], config["batch_size"]
+    eval_collate = RecognitionCollate(None, height=config["height"], width=config["width"],
+                                      keep_ratio=config["keep_ratio"])
 
     def batches(step: int):
         sampler = ResumableBatchSampler(len(train), bs, config["seed"], start=step * bs)
@@ -77,8 +93,6 @@ def run(config: dict) -> int:
 
     validate = None
     if config["val"]:
-        eval_collate = RecognitionCollate(None, height=config["height"], width=config["width"],
-                                          keep_ratio=config["keep_ratio"])
         val = ConcatDataset([LmdbDataset(p, None, max_length=None) for p in config["val"]])
         val_loader = DataLoader(val, batch_size=bs, num_workers=config["workers"],
                                 collate_fn=eval_collate)
@@ -89,4 +103,11 @@ def run(config: dict) -> int:
 
     extra = {"model_config": asdict(model.config),
              "charset": {"symbols": charset.symbols, "case_insensitive": charset.case_insensitive}}
-    return run_task(config, Task(model, batches, loss, validate, extra_state=extra))
+    status = run_task(config, Task(model, batches, loss, validate, extra_state=extra))
+    if status == 0 and config["test"]:
+        results = {path: evaluate_dataset(model, charset, path, eval_collate, device=device,
+                                          batch_size=bs, alphanumeric=config["alphanumeric"])[0]
+                   for path in config["test"]}
+        (run_dir / "test_metrics.json").write_text(json.dumps(results, indent=2))
+        print(format_table(results))
+    return status

@@ -1,0 +1,52 @@
+"""SeqCLR (Aberdam et al., CVPR 2021, §3): two augmented views of each image -> base
+encoder f (R = V or H) -> projection head g -> instance mapping m -> contrastive loss, the
+last two fused in ``seq_nce``."""
+import torch.nn as nn
+
+from ..models import Recognizer, padded_to_packed
+from ..models.heads import ProjectionHead
+from ..ops import seq_nce
+
+__all__ = ["SeqCLR", "MAPPINGS"]
+
+MAPPINGS = ("all", "window", "frame")
+
+
+class SeqCLR(nn.Module):
+    """``loss(view_a, view_b, widths)``: images [B, C, H, W] of the two views (same widths).
+
+    The recognizer's decoder is not used; ``encoder_state()`` returns the weights that the
+    decoder-evaluation and fine-tuning protocols load."""
+
+    def __init__(self, recognizer: Recognizer, *, representation="H", head="bilstm",
+                 mapping="window", num_windows=5, temperature=0.1, head_hidden=256):
+        super().__init__()
+        if mapping not in MAPPINGS:
+            raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.recognizer = recognizer
+        self.representation = representation
+        size = (recognizer.contextual_size if representation == "H"
+                else recognizer.visual_size)
+        self.head = ProjectionHead(head, size, head_hidden)
+        self.mapping, self.num_windows, self.temperature = mapping, num_windows, temperature
+        encoder = recognizer.encoder_modules(representation)
+        self.encoder_prefixes = tuple(name + "." for name, module in recognizer.named_children()
+                                      if any(module is m for m in encoder))
+
+    def project(self, images, widths=None):
+        """images -> (packed projected frames [sum T_i, F'], lengths [B])."""
+        frames, lengths = self.recognizer.encode(images, widths, self.representation)
+        return padded_to_packed(self.head(frames, lengths), lengths), lengths
+
+    def loss(self, view_a, view_b, widths=None):
+        frames_a, lengths = self.project(view_a, widths)
+        frames_b, _ = self.project(view_b, widths)
+        return seq_nce(frames_a, frames_b, lengths, mapping=self.mapping,
+                       num_windows=self.num_windows, temperature=self.temperature)
+
+    def encoder_state(self):
+        """The recognizer's state_dict entries of the base encoder's modules."""
+        return {k: v for k, v in self.recognizer.state_dict().items()
+                if k.startswith(self.encoder_prefixes)}

@@ -1,0 +1,82 @@
+"""``decoder-eval``: SeqCLR's decoder-evaluation protocol (Table 1) — the pre-trained base
+encoder is frozen (weights and BatchNorm statistics) and a CTC or attention decoder is
+trained on top of it with labels. ``finetune`` (finetune.py) trains everything instead.
+
+``--encoder`` is an ``encoder.pt`` written by ``pretrain``: ``model_config`` (the
+recognizer it was trained in), ``encoder_state`` (weights of its encoder modules only) and
+``representation``. The recognizer is rebuilt from that config with the decoder asked
+for here, the encoder weights are loaded strictly, and exactly the modules they cover are
+frozen. ``--encoder random`` is the random-initialization baseline: a recognizer from the
+model options, its encoder (TPS, ResNet and, for R = H, the BiLSTM) frozen at init.
+"""
+from __future__ import annotations
+
+import sys
+import types
+
+import torch
+import torch.nn as nn
+
+from ..models import Recognizer, RecognizerConfig
+from .common import add_model_arguments, add_trainer_arguments, make_charset, make_recognizer
+from .common import seed_everything
+from .supervised import add_data_arguments, train_recognizer
+
+NAME = "decoder-eval"
+HELP = "decoder evaluation: freeze a pre-trained encoder, train a CTC/attention decoder"
+REQUIRED = ("encoder", "train", "run_dir")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--encoder", metavar="ENCODER_PT",
+                   help="encoder.pt of a pretrain run, or 'random' for the baseline")
+    add_data_arguments(p)
+    add_model_arguments(p)
+    add_trainer_arguments(p, iterations=50_000, batch_size=256)
+
+
+def _freeze(module: nn.Module) -> None:
+    """No gradients, and BatchNorm statistics kept: train() leaves the module in eval mode."""
+    module.requires_grad_(False)
+    module.eval()
+    module.train = types.MethodType(lambda self, mode=True: nn.Module.train(self, False), module)
+
+
+def load_encoder(config: dict, charset) -> tuple[Recognizer, list[nn.Module]]:
+    """-> (recognizer with the pre-trained encoder loaded, the encoder's modules)."""
+    if config["encoder"] == "random":
+        model = make_recognizer(config, charset)
+        return model, model.encoder_modules()
+    ckpt = torch.load(config["encoder"], map_location="cpu", weights_only=False)
+    missing = {"model_config", "encoder_state", "representation"} - set(ckpt)
+    if missing:
+        raise SystemExit(f"error: --encoder {config['encoder']}: not an encoder.pt of "
+                         f"pretrain (missing {sorted(missing)})")
+    model_config = {**ckpt["model_config"], "num_chars": len(charset),
+                    "decoder": config["decoder"], "max_length": config["max_length"],
+                    "representation": ckpt["representation"]}
+    model = Recognizer(RecognizerConfig(**model_config))
+    state = ckpt["encoder_state"]
+    prefixes = {k.split(".", 1)[0] for k in state}
+    own = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in prefixes}
+    if set(own) != set(state):
+        raise SystemExit(f"error: --encoder {config['encoder']}: its weights do not match the "
+                         f"recognizer ({len(set(own) ^ set(state))} keys differ)")
+    model.load_state_dict(state, strict=False)
+    print(f"loaded encoder {config['encoder']}: {', '.join(sorted(prefixes))} "
+          f"(R = {ckpt['representation']})", file=sys.stderr)
+    return model, [getattr(model, name) for name in sorted(prefixes)]
+
+
+def run_protocol(config: dict, freeze: bool) -> int:
+    charset = make_charset(config)
+    seed_everything(config["seed"])
+    model, encoder = load_encoder(config, charset)
+    if freeze:
+        for module in encoder:
+            _freeze(module)
+    return train_recognizer(config, model, charset)
+
+
+def run(config: dict) -> int:
+    return run_protocol(config, freeze=True)

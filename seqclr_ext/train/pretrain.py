@@ -1,0 +1,92 @@
+"""``pretrain``: self-supervised pre-training of the recognizer's encoder on unlabeled
+images with SeqCLR (§3): each image is augmented twice (Appendix B), both views go through
+the base encoder (R = V or H) and a projection head, and ``seq_nce`` contrasts their
+instances (all / window / frame mapping). Labels in the LMDBs are ignored.
+
+Writes RUN_DIR/encoder.pt (the encoder's weights + the recognizer config) for
+``decoder-eval`` and ``finetune``. The views of step s come from a generator seeded with
+(seed, s), so ``--resume`` sees exactly the views of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+
+from ..data import LmdbDataset, RecognitionCollate, ResumableBatchSampler
+from ..data.augment import SeqCLRAugment
+from ..methods import SeqCLR
+from ..methods.seqclr import MAPPINGS
+from ..models import HEADS
+from .common import (Repeat, add_model_arguments, add_trainer_arguments, make_charset,
+                     make_recognizer, run_task, seed_everything, worker_ignore_sigterm)
+from .trainer import Task, save_atomic
+
+NAME = "pretrain"
+HELP = "self-supervised pre-training of the encoder (SeqCLR) on unlabeled LMDB images"
+REQUIRED = ("train", "run_dir")
+
+
+def add_arguments(p) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--train", action=Repeat, metavar="LMDB",
+                   help="LMDB of (unlabeled) images; labels are ignored (repeatable)")
+    g = p.add_argument_group("SeqCLR")
+    g.add_argument("--method", choices=("seqclr",), default="seqclr",
+                   help="pre-training objective")
+    g.add_argument("--representation", choices=("H", "V"), default="H",
+                   help="R = H (after the BiLSTM) or V (visual features, ResNet output)")
+    g.add_argument("--head", choices=HEADS, default="bilstm", help="projection head")
+    g.add_argument("--mapping", choices=MAPPINGS, default="window", help="instance mapping")
+    g.add_argument("--num-windows", type=int, default=5, help="T' of the window mapping")
+    g.add_argument("--temperature", type=float, default=0.1, help="τ of the NT-Xent loss")
+    add_model_arguments(p)
+    # Appendix D: batch 1024, 400K iterations for scene text, AdaDelta lr 10.
+    add_trainer_arguments(p, iterations=400_000, batch_size=1024, lr=10.0)
+
+
+def encoder_checkpoint(method: SeqCLR) -> dict:
+    return {"model_config": asdict(method.recognizer.config),
+            "encoder_state": method.encoder_state(),
+            "representation": method.representation}
+
+
+def run(config: dict) -> int:
+    run_dir = Path(config["run_dir"])
+    parts = [LmdbDataset(path, None, max_length=None) for path in config["train"]]
+    for part in parts:
+        print(part.report(), file=sys.stderr)
+    data = ConcatDataset(parts)
+    collate = RecognitionCollate(None, height=config["height"], width=config["width"],
+                                 keep_ratio=config["keep_ratio"])
+    seed_everything(config["seed"])
+    method = SeqCLR(make_recognizer(config, make_charset(config)),
+                    representation=config["representation"], head=config["head"],
+                    mapping=config["mapping"], num_windows=config["num_windows"],
+                    temperature=config["temperature"])
+    augment = SeqCLRAugment()
+    device, bs = config["device"], config["batch_size"]
+
+    def batches(step: int):
+        sampler = ResumableBatchSampler(len(data), bs, config["seed"], start=step * bs)
+        loader = DataLoader(data, batch_sampler=sampler, num_workers=config["workers"],
+                            collate_fn=collate, pin_memory=device.startswith("cuda"),
+                            worker_init_fn=worker_ignore_sigterm)
+        return enumerate(loader, start=step)
+
+    def loss(item):
+        step, batch = item
+        images = batch["images"].to(device)
+        widths = batch["widths"].to(device) if batch["widths"] is not None else None
+        generator = torch.Generator(device).manual_seed(config["seed"] * 1_000_003 + step)
+        views = [augment(images, widths, generator) for _ in range(2)]
+        return method.loss(*views, widths), {}
+
+    status = run_task(config, Task(method, batches, loss, best_metric="none"))
+    if status == 0:
+        save_atomic(encoder_checkpoint(method), run_dir / "encoder.pt")
+        print(f"encoder: {run_dir / 'encoder.pt'}", file=sys.stderr)
+    return status
