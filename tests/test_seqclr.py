@@ -193,3 +193,21 @@ def test_default_run_prints_the_table(tmp_path, capsys):
                  "--workers", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "| random init |" in out and "| SeqCLR |" in out
+
+
+def test_simclr_set_flips_and_crops_sometimes():
+    out = make_augment("simclr")(_edge_images(256), None, torch.Generator().manual_seed(0))
+    left_bright = out[:, 0, 16, :5].mean(1) > 0
+    assert 0.2 < left_bright.float().mean() < 0.8    # flips (and crops) move the edge
+    assert out.min() >= -1 and out.max() <= 1
+    with pytest.raises(ValueError, match="fixed-size"):
+        make_augment("simclr")(_edge_images(2), torch.tensor([100, 50]))
+
+
+def test_simclr_baseline_pretrains_and_hands_over_its_encoder(lmdb, tmp_path):
+    assert _pretrain(lmdb, tmp_path / "simclr", "--method", "simclr", "--representation",
+                     "V") == 0
+    ckpt = torch.load(tmp_path / "simclr" / "encoder.pt", weights_only=False)
+    assert ckpt["representation"] == "V"
+    assert sorted({k.split(".")[0] for k in ckpt["encoder_state"]}) == [
+        "feature_extractor", "transformation"]

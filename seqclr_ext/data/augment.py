@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SeqCLRAugment", "make_augment"]
+__all__ = ["SeqCLRAugment", "SimCLRAugment", "make_augment"]
 
 OPERATIONS = ("contrast", "blur", "vertical_crop", "horizontal_crop", "sharpen",
               "local_warp", "perspective")
@@ -160,10 +160,56 @@ class SeqCLRAugment:
         return out
 
 
+@dataclass
+class SimCLRAugment:
+    """The SimCLR set (Chen et al. 2020) for the non-sequential baseline, per image: random
+    resized crop (area 8–100 %, aspect ×3/4–4/3), horizontal flip (p 0.5), brightness and
+    contrast jitter (strength 0.8, p 0.8), Gaussian blur (p 0.5). It breaks sequence
+    alignment on purpose: that is what SeqCLR's Table 1 compares against."""
+    crop_area: tuple = (0.08, 1.0)
+    crop_ratio: tuple = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    jitter: float = 0.8
+    jitter_p: float = 0.8
+    blur_sigma: tuple = (0.1, 2.0)
+    blur_p: float = 0.5
+
+    def __call__(self, images, widths=None, generator=None):
+        if widths is not None:
+            raise ValueError("SimCLRAugment works on fixed-size images (no --keep-ratio)")
+        b, _, h, w = images.shape
+        dev, dt = images.device, images.dtype
+        u = lambda lo_hi: _uniform(*lo_hi, b, generator, dev).to(dt)  # noqa: E731
+        coin = lambda p: torch.rand(b, generator=generator, device=dev) < p  # noqa: E731
+        area = u(self.crop_area)
+        ratio = torch.exp(u(tuple(torch.log(torch.tensor(self.crop_ratio)).tolist())))
+        sx = torch.sqrt(area * ratio).clamp(max=1)       # crop size, fraction of the width
+        sy = torch.sqrt(area / ratio).clamp(max=1)
+        cx = (1 - sx) * (2 * torch.rand(b, generator=generator, device=dev).to(dt) - 1)
+        cy = (1 - sy) * (2 * torch.rand(b, generator=generator, device=dev).to(dt) - 1)
+        sign = torch.where(coin(self.flip), -1.0, 1.0).to(dt)
+        theta = torch.zeros(b, 2, 3, device=dev, dtype=dt)
+        theta[:, 0, 0], theta[:, 0, 2] = sx * sign, cx
+        theta[:, 1, 1], theta[:, 1, 2] = sy, cy
+        grid = F.affine_grid(theta, list(images.shape), align_corners=True)
+        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                            align_corners=True)
+        jitter = coin(self.jitter_p)[:, None, None, None]
+        brightness = u((1 - self.jitter, 1 + self.jitter))[:, None, None, None]
+        contrast = u((1 - self.jitter, 1 + self.jitter))[:, None, None, None]
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        jittered = ((out + 1) * brightness - 1 - mean) * contrast + mean
+        out = torch.where(jitter, jittered, out)
+        blurred = _gaussian_blur(out, u(self.blur_sigma))
+        return torch.where(coin(self.blur_p)[:, None, None, None], blurred, out).clamp(-1, 1)
+
+
 def make_augment(name):
-    """"seqclr" (Appendix B) or "none" (identity)."""
+    """"seqclr" (Appendix B), "simclr" (the baseline's set) or "none" (identity)."""
     if name == "seqclr":
         return SeqCLRAugment()
+    if name == "simclr":
+        return SimCLRAugment()
     if name == "none":
         return lambda images, widths=None, generator=None: images
-    raise ValueError(f"augment must be 'seqclr' or 'none', got {name!r}")
+    raise ValueError(f"augment must be 'seqclr', 'simclr' or 'none', got {name!r}")

@@ -1,4 +1,5 @@
 """Self-supervised objectives on top of the recognizer's encoder."""
 from .seqclr import SeqCLR
+from .simclr import SimCLR
 
-__all__ = ["SeqCLR"]
+__all__ = ["SeqCLR", "SimCLR"]

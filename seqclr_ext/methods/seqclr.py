@@ -31,9 +31,6 @@ class SeqCLR(nn.Module):
                 else recognizer.visual_size)
         self.head = ProjectionHead(head, size, head_hidden)
         self.mapping, self.num_windows, self.temperature = mapping, num_windows, temperature
-        encoder = recognizer.encoder_modules(representation)
-        self.encoder_prefixes = tuple(name + "." for name, module in recognizer.named_children()
-                                      if any(module is m for m in encoder))
 
     def project(self, images, widths=None):
         """images -> (packed projected frames [sum T_i, F'], lengths [B])."""
@@ -47,6 +44,4 @@ class SeqCLR(nn.Module):
                        num_windows=self.num_windows, temperature=self.temperature)
 
     def encoder_state(self):
-        """The recognizer's state_dict entries of the base encoder's modules."""
-        return {k: v for k, v in self.recognizer.state_dict().items()
-                if k.startswith(self.encoder_prefixes)}
+        return self.recognizer.encoder_state(self.representation)

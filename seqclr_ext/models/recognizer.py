@@ -153,6 +153,14 @@ class Recognizer(nn.Module):
             mods.append(self.sequence_model)
         return mods
 
+    def encoder_state(self, representation=None):
+        """The state_dict entries of encoder_modules(representation): what pre-training
+        hands to the decoder-evaluation and fine-tuning protocols."""
+        encoder = self.encoder_modules(representation)
+        prefixes = tuple(name + "." for name, module in self.named_children()
+                         if any(module is m for m in encoder))
+        return {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
+
     def frames_for_width(self, width):
         """Frames an image of valid ``width`` yields (TPS: those of the TPS output width)."""
         if self.transformation is not None:

@@ -1,7 +1,9 @@
 """``pretrain``: self-supervised pre-training of the recognizer's encoder on unlabeled
 images with SeqCLR (§3): each image is augmented twice (Appendix B), both views go through
 the base encoder (R = V or H) and a projection head, and ``seq_nce`` contrasts their
-instances (all / window / frame mapping). Labels in the LMDBs are ignored.
+instances (all / window / frame mapping). ``--method simclr`` is Table 1's non-sequential
+baseline (SimCLR augmentations, the whole flattened map as one instance; with
+``--representation H``, "SimCLR contextual"). Labels in the LMDBs are ignored.
 
 Writes RUN_DIR/encoder.pt (the encoder's weights + the recognizer config) for
 ``decoder-eval`` and ``finetune``. The views of step s come from a generator seeded with
@@ -17,8 +19,8 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from ..data import LmdbDataset, RecognitionCollate, ResumableBatchSampler
-from ..data.augment import SeqCLRAugment
-from ..methods import SeqCLR
+from ..data.augment import make_augment
+from ..methods import SeqCLR, SimCLR
 from ..methods.seqclr import MAPPINGS
 from ..models import HEADS
 from .common import (Repeat, add_model_arguments, add_trainer_arguments, make_charset,
@@ -34,13 +36,15 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--train", action=Repeat, metavar="LMDB",
                    help="LMDB of (unlabeled) images; labels are ignored (repeatable)")
-    g = p.add_argument_group("SeqCLR")
-    g.add_argument("--method", choices=("seqclr",), default="seqclr",
-                   help="pre-training objective")
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=("seqclr", "simclr"), default="seqclr",
+                   help="SeqCLR, or the SimCLR baseline (fixed-size images only)")
     g.add_argument("--representation", choices=("H", "V"), default="H",
                    help="R = H (after the BiLSTM) or V (visual features, ResNet output)")
-    g.add_argument("--head", choices=HEADS, default="bilstm", help="projection head")
-    g.add_argument("--mapping", choices=MAPPINGS, default="window", help="instance mapping")
+    g.add_argument("--head", choices=HEADS, default="bilstm",
+                   help="SeqCLR projection head (SimCLR always uses its MLP)")
+    g.add_argument("--mapping", choices=MAPPINGS, default="window",
+                   help="SeqCLR instance mapping")
     g.add_argument("--num-windows", type=int, default=5, help="T' of the window mapping")
     g.add_argument("--temperature", type=float, default=0.1, help="τ of the NT-Xent loss")
     add_model_arguments(p)
@@ -48,7 +52,7 @@ def add_arguments(p) -> None:
     add_trainer_arguments(p, iterations=400_000, batch_size=1024, lr=10.0)
 
 
-def encoder_checkpoint(method: SeqCLR) -> dict:
+def encoder_checkpoint(method: SeqCLR | SimCLR) -> dict:
     return {"model_config": asdict(method.recognizer.config),
             "encoder_state": method.encoder_state(),
             "representation": method.representation}
@@ -63,11 +67,17 @@ def run(config: dict) -> int:
     collate = RecognitionCollate(None, height=config["height"], width=config["width"],
                                  keep_ratio=config["keep_ratio"])
     seed_everything(config["seed"])
-    method = SeqCLR(make_recognizer(config, make_charset(config)),
-                    representation=config["representation"], head=config["head"],
-                    mapping=config["mapping"], num_windows=config["num_windows"],
-                    temperature=config["temperature"])
-    augment = SeqCLRAugment()
+    recognizer = make_recognizer(config, make_charset(config))
+    if config["method"] == "simclr":
+        if config["keep_ratio"]:
+            raise SystemExit("error: --method simclr needs fixed-size images (no --keep-ratio)")
+        method = SimCLR(recognizer, representation=config["representation"],
+                        temperature=config["temperature"])
+    else:
+        method = SeqCLR(recognizer, representation=config["representation"],
+                        head=config["head"], mapping=config["mapping"],
+                        num_windows=config["num_windows"], temperature=config["temperature"])
+    augment = make_augment(config["method"])
     device, bs = config["device"], config["batch_size"]
 
     def batches(step: int):

@@ -1,0 +1,37 @@
+"""The SimCLR baseline of SeqCLR's Table 1 (its "non-sequential" comparison): each image's
+whole representation map, flattened, is one instance — R = V ("SimCLR") or R = H ("SimCLR
+contextual") — through an MLP head, contrasted with the NT-Xent loss (``seq_nce`` with one
+frame per image). Needs fixed-size images (the frames of every image must line up)."""
+import torch
+import torch.nn as nn
+
+from ..ops import seq_nce
+
+__all__ = ["SimCLR"]
+
+
+class SimCLR(nn.Module):
+    def __init__(self, recognizer, *, representation="V", temperature=0.1, head_hidden=256,
+                 head_output=128):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.recognizer, self.representation, self.temperature = recognizer, representation, temperature
+        size = recognizer.contextual_size if representation == "H" else recognizer.visual_size
+        frames = recognizer.frames_for_width(recognizer.config.image_size[1])
+        self.head = nn.Sequential(nn.Linear(frames * size, head_hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(head_hidden, head_output))
+
+    def project(self, images):
+        frames, _ = self.recognizer.encode(images, None, self.representation)
+        return self.head(frames.flatten(1))
+
+    def loss(self, view_a, view_b, widths=None):
+        if widths is not None:
+            raise ValueError("SimCLR needs fixed-size images (no --keep-ratio)")
+        z_a, z_b = self.project(view_a), self.project(view_b)
+        ones = torch.ones(z_a.shape[0], dtype=torch.long, device=z_a.device)
+        return seq_nce(z_a, z_b, ones, mapping="frame", temperature=self.temperature)
+
+    def encoder_state(self):
+        return self.recognizer.encoder_state(self.representation)
