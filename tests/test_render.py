@@ -114,7 +114,7 @@ def test_cli_render_inspect_preview(tmp_path, capsys):
     proc = subprocess.run(
         [sys.executable, "-m", "seqclr_ext.data", "render", "--split", "scene-test",
          "--num", "8", "--out", str(out), "--seed", "0", "--workers", "1", "--no-progress"],
-        capture_output=True, text=True, env=env, timeout=300)
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "8 written" in proc.stdout
     assert len(LmdbDataset(out, Charset.printable())) == 8

@@ -58,7 +58,10 @@ def test_cli_end_to_end(data, tmp_path):
     cmd = [sys.executable, "-m", "seqclr_ext.train", "supervised", "--train", train,
            "--val", val, "--run-dir", str(run), "--decoder", "ctc", "--iterations", "6",
            "--val-every", "3", *FAST, "--workers", "1"]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    # cwd outside the repository: `python -m` puts the cwd first on sys.path, and the source
+    # folder (no compiled kernels) must not shadow the installed package.
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
     assert (run / "config.yaml").is_file()
@@ -75,7 +78,7 @@ def test_cli_end_to_end(data, tmp_path):
     out = tmp_path / "metrics.json"
     proc = subprocess.run([sys.executable, "-m", "seqclr_ext.evaluate", "--checkpoint",
                            str(run / "best.pt"), "--data", val, "--json", str(out)],
-                          env=_env(), capture_output=True, text=True, timeout=120)
+                          env=_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "word_accuracy" in proc.stdout and "one_minus_ned" in proc.stdout
     result = json.loads(out.read_text())["results"][val]
@@ -194,7 +197,7 @@ def test_sigterm_saves_and_exits(data, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(CTCDecoder, "loss", loss)
     train, _ = data
-    assert _train(tmp_path / "run", train, "--decoder", "ctc") == 0
+    assert _train(tmp_path / "run", train, "--decoder", "ctc") == 128 + signal.SIGTERM
     assert "SIGTERM" in capsys.readouterr().err
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 2
 

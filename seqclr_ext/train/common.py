@@ -118,8 +118,15 @@ def _saved_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RUN_CONTROL_KEYS}
 
 
+# What a shell reports for a process ended by SIGTERM: the run stopped early (checkpoint
+# saved), so nothing downstream (encoder.pt, test scores, the default run) may treat it
+# as finished.
+SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
 def run_task(config: dict, task: Task) -> int:
-    """Build the Trainer, resume if asked, train; returns the process exit status."""
+    """Build the Trainer, resume if asked, train; returns the process exit status: 0 when
+    done or paused by --stop-after, 1 diverged, 2 refused, SIGTERM_EXIT on SIGTERM."""
     run_dir = Path(config["run_dir"])
     trainer = Trainer(task, _saved_config(config), run_dir, progress=config["progress"])
     if config["resume"]:
@@ -138,6 +145,7 @@ def run_task(config: dict, task: Task) -> int:
     if status == "terminated":
         print(f"SIGTERM: saved {trainer.last_path} at step {trainer.step}; "
               "continue with --resume", file=sys.stderr)
+        return SIGTERM_EXIT
     elif status == "paused":
         print(f"stopped after step {trainer.step} (--stop-after); continue with --resume",
               file=sys.stderr)
