@@ -11,12 +11,15 @@ import numpy as np
 import torch
 import yaml
 
-from ..data import Charset
+from torch.utils.data import DataLoader
+
+from ..data import Charset, ResumableBatchSampler
 from ..models import Recognizer, RecognizerConfig
 from .trainer import Task, Trainer, TrainingDiverged
 
 __all__ = ["Repeat", "add_trainer_arguments", "add_model_arguments", "make_charset",
-           "make_recognizer", "seed_everything", "worker_ignore_sigterm", "run_task"]
+           "make_recognizer", "seed_everything", "worker_ignore_sigterm", "resumable_loader",
+           "run_task", "SIGTERM_EXIT"]
 
 CHARSETS = {"printable": lambda: Charset.printable(),
             "french": lambda: Charset.printable(french=True),
@@ -111,6 +114,16 @@ def worker_ignore_sigterm(_worker_id: int) -> None:
     ``kill -- -PGID``) must not kill the workers mid-step; the main process saves a
     checkpoint and shuts them down itself."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def resumable_loader(data, collate, config: dict, step: int) -> DataLoader:
+    """The batches of ``data`` from optimizer step ``step`` on: a deterministic function of
+    (seed, step), so a resumed run reads exactly the batches an uninterrupted one would."""
+    bs = config["batch_size"]
+    sampler = ResumableBatchSampler(len(data), bs, config["seed"], start=step * bs)
+    return DataLoader(data, batch_sampler=sampler, num_workers=config["workers"],
+                      collate_fn=collate, pin_memory=config["device"].startswith("cuda"),
+                      worker_init_fn=worker_ignore_sigterm)
 
 
 def _saved_config(config: dict) -> dict:

@@ -16,19 +16,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset
 
-from ..data import LmdbDataset, RecognitionCollate, ResumableBatchSampler
+from ..data import LmdbDataset, RecognitionCollate
 from ..data.augment import make_augment
 from ..methods import SeqCLR, SimCLR
 from ..methods.seqclr import MAPPINGS
 from ..models import HEADS
 from .common import (Repeat, add_model_arguments, add_trainer_arguments, make_charset,
-                     make_recognizer, run_task, seed_everything, worker_ignore_sigterm)
+                     make_recognizer, resumable_loader, run_task, seed_everything)
 from .trainer import Task, save_atomic
 
 NAME = "pretrain"
-HELP = "self-supervised pre-training of the encoder (SeqCLR) on unlabeled LMDB images"
+HELP = "self-supervised pre-training of the encoder (SeqCLR, or SimCLR) on unlabeled LMDB images"
 REQUIRED = ("train", "run_dir")
 
 
@@ -78,14 +78,10 @@ def run(config: dict) -> int:
                         head=config["head"], mapping=config["mapping"],
                         num_windows=config["num_windows"], temperature=config["temperature"])
     augment = make_augment(config["method"])
-    device, bs = config["device"], config["batch_size"]
+    device = config["device"]
 
     def batches(step: int):
-        sampler = ResumableBatchSampler(len(data), bs, config["seed"], start=step * bs)
-        loader = DataLoader(data, batch_sampler=sampler, num_workers=config["workers"],
-                            collate_fn=collate, pin_memory=device.startswith("cuda"),
-                            worker_init_fn=worker_ignore_sigterm)
-        return enumerate(loader, start=step)
+        return enumerate(resumable_loader(data, collate, config, step), start=step)
 
     def loss(item):
         step, batch = item

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from ..data import LmdbDataset, RecognitionCollate, ResumableBatchSampler, load_or_make_subset
+from ..data import LmdbDataset, RecognitionCollate, load_or_make_subset
 from ..evaluate import evaluate_dataset, format_table, predict
 from ..metrics import evaluate as score
 from .common import (Repeat, add_model_arguments, add_trainer_arguments, make_charset,
-                     make_recognizer, run_task, seed_everything, worker_ignore_sigterm)
+                     make_recognizer, resumable_loader, run_task, seed_everything)
 from .trainer import Task
 
 NAME = "supervised"
@@ -80,10 +80,7 @@ def train_recognizer(config: dict, model, charset) -> int:
                                       keep_ratio=config["keep_ratio"])
 
     def batches(step: int):
-        sampler = ResumableBatchSampler(len(train), bs, config["seed"], start=step * bs)
-        return iter(DataLoader(train, batch_sampler=sampler, num_workers=config["workers"],
-                               collate_fn=collate, pin_memory=device.startswith("cuda"),
-                               worker_init_fn=worker_ignore_sigterm))
+        return iter(resumable_loader(train, collate, config, step))
 
     def loss(batch):
         widths = batch["widths"].to(device) if batch["widths"] is not None else None
