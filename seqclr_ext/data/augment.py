@@ -47,8 +47,8 @@ def _gaussian_blur(images, sigma):
 
 
 def _sharpen(images, alpha, lightness):
-    """imgaug's Sharpen: convolve with (1 − α)·identity + α·[[-1,-1,-1],[-1,8+L,-1],[-1,-1,-1]]
-    in [0, 255] pixel units."""
+    """imgaug's Sharpen: convolve with (1 − α)·identity
+    + α·[[-1,-1,-1],[-1,8+L,-1],[-1,-1,-1]], in [0, 255] pixel units."""
     b, c, h, w = images.shape
     effect = -torch.ones(b, 3, 3, device=images.device, dtype=images.dtype)
     effect[:, 1, 1] = 8 + lightness
@@ -116,10 +116,12 @@ class SeqCLRAugment:
         grid = torch.stack([gx, gy], -1).expand(b, h, w, 2).clone()
         corners = torch.tensor([[-1, -1], [1, -1], [1, 1], [-1, 1]], device=dev, dtype=dt)
         corners = corners.expand(b, 4, 2)
-        moved = corners + use["perspective"][:, None, None] * 2 * u(self.perspective)[:, None, None] \
+        spread = 2 * u(self.perspective) * use["perspective"]          # normalized units
+        moved = corners + spread[:, None, None] \
             * torch.randn(b, 4, 2, generator=generator, device=dev).to(dt)
         hom = _homography(corners, moved)
-        pts = torch.cat([grid, torch.ones_like(grid[..., :1])], -1).view(b, -1, 3) @ hom.transpose(1, 2)
+        pts = torch.cat([grid, torch.ones_like(grid[..., :1])], -1).view(b, -1, 3)
+        pts = pts @ hom.transpose(1, 2)
         grid = (pts[..., :2] / pts[..., 2:]).view(b, h, w, 2)
         # Local warp: smooth random displacements of a coarse grid of points.
         cells_h = self.local_warp_cells
@@ -136,9 +138,9 @@ class SeqCLRAugment:
             return -1 + 2 * first, 1 - 2 * (cut - first)
         top, bottom = crop(self.vertical_crop)
         left, right = crop(self.horizontal_crop)
-        keep = lambda flag, v, default: torch.where(flag, v, torch.full_like(v, default))  # noqa: E731
-        top, bottom = keep(use["vertical_crop"], top, -1), keep(use["vertical_crop"], bottom, 1)
-        left, right = keep(use["horizontal_crop"], left, -1), keep(use["horizontal_crop"], right, 1)
+        vertical, horizontal = use["vertical_crop"], use["horizontal_crop"]
+        top, bottom = torch.where(vertical, top, -1.0), torch.where(vertical, bottom, 1.0)
+        left, right = torch.where(horizontal, left, -1.0), torch.where(horizontal, right, 1.0)
         grid_x = left[:, None, None] + (grid[..., 0] + 1) / 2 * (right - left)[:, None, None]
         grid_y = top[:, None, None] + (grid[..., 1] + 1) / 2 * (bottom - top)[:, None, None]
         if widths is not None:  # valid region [0, width) -> full-image coordinates

@@ -16,7 +16,8 @@ class SimCLR(nn.Module):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.recognizer, self.representation, self.temperature = recognizer, representation, temperature
+        self.recognizer, self.representation = recognizer, representation
+        self.temperature = temperature
         size = recognizer.contextual_size if representation == "H" else recognizer.visual_size
         frames = recognizer.frames_for_width(recognizer.config.image_size[1])
         self.head = nn.Sequential(nn.Linear(frames * size, head_hidden), nn.ReLU(inplace=True),

@@ -16,8 +16,7 @@ from . import reference
 
 USE_REFERENCE = os.environ.get("SEQCLR_EXT_REFERENCE", "0") == "1"
 
-__all__ = ["seq_nce", "nce_rows", "tps_grid_sample", "siman_normalize", "reference",
-           "USE_REFERENCE"]
+__all__ = ["seq_nce", "nce_rows", "tps_grid_sample", "reference", "USE_REFERENCE"]
 
 
 def _load_library():
@@ -196,13 +195,3 @@ def tps_grid_sample(image, control_points, output_size):
         return reference.tps_grid_sample(image, control_points, output_size)
     return torch.ops.seqclr_ext.tps_grid_sample(image, control_points, list(output_size))
 
-
-def siman_normalize(content, style, *, kernel_size=3, eps=1e-5):
-    """Similarity-aware normalization (DESIGN.md §3, SimAN §3.2).
-
-    content: [B, C, H, W] features of the augmented patch; style: [B, C, H_s, W_s] features
-    of the neighbouring patch; kernel_size: odd k of the local style statistics. Returns
-    σ̂ ⊙ IN(content) + μ̂, shaped like content.
-    """
-    # TODO(siman-op): the fused kernel replaces this call to the reference.
-    return reference.siman_normalize(content, style, kernel_size=kernel_size, eps=eps)
