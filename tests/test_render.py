@@ -132,6 +132,11 @@ def test_cli_render_inspect_preview(tmp_path, capsys):
     assert main(["preview", str(out), "--out", str(grid), "--num", "6", "--cols", "3"]) == 0
     with Image.open(grid) as g:
         assert g.format == "PNG" and g.width > 3 * 32 and g.height >= 2 * 32
+    pairs = tmp_path / "pairs.png"
+    assert main(["preview", str(out), "--out", str(pairs), "--num", "4", "--cols", "2",
+                 "--augment", "seqclr"]) == 0
+    with Image.open(pairs) as g:   # two cells of original + two 100-pixel views per row
+        assert g.size == (2 * (300 + 6) + 6, 2 * (32 + 16 + 6) + 6)
 
     images = tmp_path / "images"
     images.mkdir()

@@ -103,7 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--num", type=int, default=32, help="samples shown (default 32)")
     v.add_argument("--cols", type=int, default=4, help="grid columns (default 4)")
     v.add_argument("--random", action="store_true", help="random samples, not the first")
-    v.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
+    v.add_argument("--seed", type=int, default=0,
+                   help="seed of --random and --augment (default 0)")
+    v.add_argument("--augment", choices=("seqclr", "simclr"),
+                   help="show each sample (resized to 32x100) next to two independently "
+                        "augmented views: SeqCLR's sequence-preserving set or SimCLR's")
 
     sub.add_parser("fonts", help="list the font families of every split and check them",
                    description="List the font families of each built-in split with their "
@@ -207,6 +211,21 @@ def _label_font(size: int = 12):
         return ImageFont.load_default()
 
 
+def _augmented_strips(samples, name: str, seed: int):
+    """[(image, label)] -> [(original | view a | view b, label)] at 32x100 per view."""
+    import torch
+
+    from .augment import make_augment
+    from .batching import RecognitionCollate
+
+    images = RecognitionCollate(None, height=32, width=100)(samples)["images"]
+    generator = torch.Generator().manual_seed(seed)
+    views = [make_augment(name)(images, None, generator) for _ in range(2)]
+    strips = torch.cat([images, *views], dim=3)[:, 0]                    # [N, 32, 300]
+    pixels = ((strips + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    return [(Image.fromarray(p), label) for p, (_, label) in zip(pixels, samples)]
+
+
 def _preview(args) -> int:
     import numpy as np
 
@@ -218,15 +237,17 @@ def _preview(args) -> int:
         idx = sorted(np.random.default_rng(args.seed).choice(len(ds), n, replace=False))
     else:
         idx = range(n)
-    cell_w, img_h, text_h, pad = 256, 32, 16, 6
+    samples = [ds[int(i)] for i in idx]
+    if args.augment:
+        samples = _augmented_strips(samples, args.augment, args.seed)
+    cell_w, img_h, text_h, pad = 300 if args.augment else 256, 32, 16, 6
     cols = max(1, min(args.cols, n))
     rows = -(-n // cols)
     grid = Image.new("L", (cols * (cell_w + pad) + pad, rows * (img_h + text_h + pad) + pad),
                      255)
     draw = ImageDraw.Draw(grid)
     font = _label_font()
-    for k, i in enumerate(idx):
-        img, label = ds[int(i)]
+    for k, (img, label) in enumerate(samples):
         w = max(1, round(img.width * img_h / img.height))
         img = img.resize((min(w, cell_w), img_h), Image.Resampling.BILINEAR)
         x = pad + (k % cols) * (cell_w + pad)
