@@ -106,30 +106,34 @@ C10_HOST_DEVICE inline void tps_source_point(acc_t px, acc_t py, const acc_t* ba
 
 // One bilinear tap of grid_sample(mode='bilinear', padding_mode='border',
 // align_corners=True) at normalized (x, y) in an H × W plane: the north-west corner
-// (x0, y0), whether the east / south neighbours exist, the four interpolation weights
+// (x0, y0), the steps nx, ny to the east / south neighbours, the four interpolation weights
 // (PyTorch's formulas), and d(clamped pixel coordinate)/d(normalized coordinate):
 // (size − 1)/2 strictly inside, 0 where the border clamp is active (grid_sample treats the
-// border itself as clamped). A NaN coordinate reads pixel 0 with NaN weights: the result
-// is NaN and no index is ever out of bounds.
+// border itself as clamped). Branch-free: x0 stops at size − 2, so the east neighbour
+// always exists (at the right border the weights are 0 and 1, the same value as
+// grid_sample's single in-bounds corner); a plane one pixel wide has step 0 and weight 0.
+// A NaN coordinate reads pixel 0 with NaN weights: the result is NaN and no index is ever
+// out of bounds.
 template <typename acc_t>
 struct BilinearTap {
   int64_t x0, y0;
-  bool has_x1, has_y1;
+  int64_t nx, ny;  // 1, or 0 for a plane one pixel wide / high
   acc_t wx0, wx1, wy0, wy1;
   acc_t dx, dy;
 };
 
 template <typename acc_t>
-C10_HOST_DEVICE inline void border_clamp(acc_t coord, int64_t size, int64_t& i0, bool& has_i1,
+C10_HOST_DEVICE inline void border_clamp(acc_t coord, int64_t size, int64_t& i0, int64_t& step,
                                          acc_t& w0, acc_t& w1, acc_t& d) {
   const acc_t max = static_cast<acc_t>(size - 1);
   const acc_t ic = (coord + acc_t(1)) / acc_t(2) * max;  // unnormalize, align_corners=True
   const bool inside = ic > acc_t(0) && ic < max;
   const acc_t c = ic <= acc_t(0) ? acc_t(0) : (ic >= max ? max : ic);  // NaN stays NaN
   // c >= 0, so truncation is floor (and no libm call on CPU); NaN fails the test -> 0.
-  i0 = c >= acc_t(1) ? static_cast<int64_t>(c) : 0;                   // in [0, size − 1]
-  if (i0 > size - 1) i0 = size - 1;
-  has_i1 = i0 + 1 < size;
+  const int64_t last = size > 1 ? size - 2 : 0;
+  i0 = c >= acc_t(1) ? static_cast<int64_t>(c) : 0;
+  if (i0 > last) i0 = last;
+  step = size > 1 ? 1 : 0;
   w0 = static_cast<acc_t>(i0 + 1) - c;
   w1 = c - static_cast<acc_t>(i0);
   d = inside ? max / acc_t(2) : acc_t(0);
@@ -138,12 +142,12 @@ C10_HOST_DEVICE inline void border_clamp(acc_t coord, int64_t size, int64_t& i0,
 template <typename acc_t>
 C10_HOST_DEVICE inline BilinearTap<acc_t> bilinear_tap(acc_t x, acc_t y, int64_t H, int64_t W) {
   BilinearTap<acc_t> t;
-  border_clamp<acc_t>(x, W, t.x0, t.has_x1, t.wx0, t.wx1, t.dx);
-  border_clamp<acc_t>(y, H, t.y0, t.has_y1, t.wy0, t.wy1, t.dy);
+  border_clamp<acc_t>(x, W, t.x0, t.nx, t.wx0, t.wx1, t.dx);
+  border_clamp<acc_t>(y, H, t.y0, t.ny, t.wy0, t.wy1, t.dy);
   return t;
 }
 
-// The four corner values of a tap in one plane (strides sH, sW); missing neighbours read 0.
+// The four corner values of a tap in one plane (strides sH, sW).
 template <typename acc_t>
 struct Corners {
   acc_t nw, ne, sw, se;
@@ -153,12 +157,9 @@ template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline Corners<acc_t> tap_corners(const scalar_t* plane, int64_t sH, int64_t sW,
                                                   const BilinearTap<acc_t>& t) {
   const scalar_t* p = plane + t.y0 * sH + t.x0 * sW;
-  Corners<acc_t> v;
-  v.nw = static_cast<acc_t>(p[0]);
-  v.ne = t.has_x1 ? static_cast<acc_t>(p[sW]) : acc_t(0);
-  v.sw = t.has_y1 ? static_cast<acc_t>(p[sH]) : acc_t(0);
-  v.se = t.has_x1 && t.has_y1 ? static_cast<acc_t>(p[sH + sW]) : acc_t(0);
-  return v;
+  const int64_t e = t.nx * sW, s = t.ny * sH;
+  return {static_cast<acc_t>(p[0]), static_cast<acc_t>(p[e]), static_cast<acc_t>(p[s]),
+          static_cast<acc_t>(p[s + e])};
 }
 
 template <typename acc_t>
@@ -175,16 +176,16 @@ C10_HOST_DEVICE inline void tap_coord_grad(const Corners<acc_t>& v, const Biline
   gy += g * t.dy * ((v.sw - v.nw) * t.wx0 + (v.se - v.ne) * t.wx1);
 }
 
-// Scatters g · (bilinear weights) to the existing corners: add(offset, value) with
-// offsets in an H × W contiguous plane.
+// Scatters g · (bilinear weights) to the four corners: add(offset, value) with offsets in
+// an H × W contiguous plane (a corner repeated by a zero step gets weight 0).
 template <typename acc_t, typename Add>
 C10_HOST_DEVICE inline void tap_scatter(const BilinearTap<acc_t>& t, int64_t W, acc_t g,
                                         Add&& add) {
-  const int64_t o = t.y0 * W + t.x0;
+  const int64_t o = t.y0 * W + t.x0, e = t.nx, s = t.ny * W;
   add(o, g * (t.wx0 * t.wy0));
-  if (t.has_x1) add(o + 1, g * (t.wx1 * t.wy0));
-  if (t.has_y1) add(o + W, g * (t.wx0 * t.wy1));
-  if (t.has_x1 && t.has_y1) add(o + W + 1, g * (t.wx1 * t.wy1));
+  add(o + e, g * (t.wx1 * t.wy0));
+  add(o + s, g * (t.wx0 * t.wy1));
+  add(o + s + e, g * (t.wx1 * t.wy1));
 }
 
 }  // namespace seqclr_ext
