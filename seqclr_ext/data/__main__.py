@@ -105,9 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--random", action="store_true", help="random samples, not the first")
     v.add_argument("--seed", type=int, default=0,
                    help="seed of --random and --augment (default 0)")
-    v.add_argument("--augment", choices=("seqclr", "simclr"),
+    v.add_argument("--augment", choices=("seqclr", "simclr", "siman"),
                    help="show each sample (resized to 32x100) next to two independently "
-                        "augmented views: SeqCLR's sequence-preserving set or SimCLR's")
+                        "augmented views: SeqCLR's sequence-preserving set, SimCLR's, or SimAN's "
+                        "photometric content-patch set")
 
     sub.add_parser("fonts", help="list the font families of every split and check them",
                    description="List the font families of each built-in split with their "

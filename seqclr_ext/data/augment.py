@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SeqCLRAugment", "SimCLRAugment", "make_augment"]
+__all__ = ["SeqCLRAugment", "SimCLRAugment", "SimANAugment", "make_augment"]
 
 OPERATIONS = ("contrast", "blur", "vertical_crop", "horizontal_crop", "sharpen",
               "local_warp", "perspective")
@@ -206,12 +206,49 @@ class SimCLRAugment:
         return torch.where(coin(self.blur_p)[:, None, None, None], blurred, out).clamp(-1, 1)
 
 
+@dataclass
+class SimANAugment:
+    """SimAN's content-patch augmentation (§3.1): style changes only, never a spatial
+    transform (the recovered patch is compared pixel by pixel with the source). Per image:
+    brightness / contrast jitter (p 0.8) with a per-channel colour gain, inversion
+    (p 0.2), Gaussian blur (p 0.5) and additive Gaussian noise (p 0.5)."""
+    jitter: float = 0.5
+    jitter_p: float = 0.8
+    colour: float = 0.3
+    invert_p: float = 0.2
+    blur_sigma: tuple = (0.5, 1.5)
+    blur_p: float = 0.5
+    noise_std: tuple = (0.02, 0.15)
+    noise_p: float = 0.5
+
+    def __call__(self, images, widths=None, generator=None):
+        b, c = images.shape[:2]
+        dev, dt = images.device, images.dtype
+        u = lambda lo_hi, n=b: _uniform(*lo_hi, n, generator, dev).to(dt)  # noqa: E731
+        coin = lambda p: (torch.rand(b, generator=generator, device=dev)  # noqa: E731
+                          < p)[:, None, None, None]
+        brightness = u((-self.jitter, self.jitter))[:, None, None, None]
+        contrast = u((1 - self.jitter, 1 + self.jitter))[:, None, None, None]
+        gain = u((1 - self.colour, 1 + self.colour), b * c).view(b, c, 1, 1)
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        out = torch.where(coin(self.jitter_p),
+                          (images - mean) * contrast * gain + mean + brightness, images)
+        out = torch.where(coin(self.invert_p), -out, out)
+        out = torch.where(coin(self.blur_p), _gaussian_blur(out, u(self.blur_sigma)), out)
+        noise = torch.randn(images.shape, generator=generator, device=dev, dtype=dt)
+        std = u(self.noise_std)[:, None, None, None]
+        return torch.where(coin(self.noise_p), out + std * noise, out).clamp(-1, 1)
+
+
 def make_augment(name):
-    """"seqclr" (Appendix B), "simclr" (the baseline's set) or "none" (identity)."""
+    """"seqclr" (Appendix B), "simclr" (the baseline's set), "siman" (SimAN's content
+    patch) or "none" (identity)."""
     if name == "seqclr":
         return SeqCLRAugment()
     if name == "simclr":
         return SimCLRAugment()
+    if name == "siman":
+        return SimANAugment()
     if name == "none":
         return lambda images, widths=None, generator=None: images
-    raise ValueError(f"augment must be 'seqclr', 'simclr' or 'none', got {name!r}")
+    raise ValueError(f"augment must be 'seqclr', 'simclr', 'siman' or 'none', got {name!r}")

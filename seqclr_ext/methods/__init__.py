@@ -1,5 +1,6 @@
-"""Self-supervised objectives on top of the recognizer's encoder."""
+"""Pre-training objectives: SeqCLR, its SimCLR baseline and SimAN."""
 from .seqclr import SeqCLR
+from .siman import SimAN
 from .simclr import SimCLR
 
-__all__ = ["SeqCLR", "SimCLR"]
+__all__ = ["SeqCLR", "SimCLR", "SimAN"]

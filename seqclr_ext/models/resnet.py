@@ -157,6 +157,17 @@ class ResNetFeatureExtractor(nn.Module):
 
         Returns (features [B, C, H', T], frame widths [B] or None). Features are zero beyond
         each image's valid frames."""
+        x, w = self.trunk(x, widths)
+        x, w = self.conv4_1(x), _out_width(w, 2, 1, 1)
+        x = _mask(self.relu(self.bn4_1(x)), w)
+        x, w = self.conv4_2(x), _out_width(w, 2, 1, 0)
+        x = _mask(self.relu(self.bn4_2(x)), w)
+        return x, w
+
+    def trunk(self, x, widths=None):
+        """Every stage but the last two convs (which collapse the height to 1): -> (maps
+        [B, C, H/8, W/4 + 1], widths). SimAN pre-trains this part: its 2-D maps keep the
+        spatial layout that the style statistics need."""
         if x.shape[-1] < MIN_WIDTH:
             raise ValueError(f"input width must be >= {MIN_WIDTH}, got {x.shape[-1]}")
         w = widths
@@ -181,9 +192,4 @@ class ResNetFeatureExtractor(nn.Module):
         x = self.layer3(x, w)
         x = _mask(self.relu(self.bn3(self.conv3(x))), w)
 
-        x = self.layer4(x, w)
-        x, w = self.conv4_1(x), _out_width(w, 2, 1, 1)
-        x = _mask(self.relu(self.bn4_1(x)), w)
-        x, w = self.conv4_2(x), _out_width(w, 2, 1, 0)
-        x = _mask(self.relu(self.bn4_2(x)), w)
-        return x, w
+        return self.layer4(x, w), w

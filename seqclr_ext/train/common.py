@@ -37,9 +37,12 @@ class Repeat(argparse.Action):
         setattr(namespace, self.dest, items + [values])
 
 
-def add_trainer_arguments(p: argparse.ArgumentParser, *, iterations: int, batch_size: int,
-                          lr: float = 1.0) -> None:
-    """Run, optimizer (SeqCLR Appendix D defaults), schedule and logging options."""
+def add_trainer_arguments(p: argparse.ArgumentParser, *, iterations: int,
+                          batch_size: int | None, lr: float | None = 1.0,
+                          per_method: str = "") -> None:
+    """Run, optimizer (SeqCLR Appendix D defaults), schedule and logging options.
+    ``batch_size`` / ``lr`` None: the subcommand picks them per method (``per_method``
+    says how, in --help)."""
     g = p.add_argument_group("run")
     g.add_argument("--config", help="YAML file of option: value (flags override it)")
     g.add_argument("--run-dir", help="folder for checkpoints, metrics.csv, tensorboard/")
@@ -61,8 +64,10 @@ def add_trainer_arguments(p: argparse.ArgumentParser, *, iterations: int, batch_
                    help="no tqdm bar")
     g = p.add_argument_group("optimization (AdaDelta, SeqCLR Appendix D)")
     g.add_argument("--iterations", type=int, default=iterations, help="optimizer steps")
-    g.add_argument("--batch-size", type=int, default=batch_size, help="images per step")
-    g.add_argument("--lr", type=float, default=lr, help="initial learning rate")
+    g.add_argument("--batch-size", type=int, default=batch_size,
+                   help="images per step" + (f" (default: {per_method})" if batch_size is None else ""))
+    g.add_argument("--lr", type=float, default=lr,
+                   help="initial learning rate" + (f" (default: {per_method})" if lr is None else ""))
     g.add_argument("--rho", type=float, default=0.95, help="AdaDelta decay rate")
     g.add_argument("--eps", type=float, default=1e-8, help="AdaDelta epsilon (DTRB)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty")

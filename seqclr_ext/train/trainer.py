@@ -98,7 +98,7 @@ class Task:
     Trainer still checks the loss, steps the schedulers, logs, validates and saves."""
     model: torch.nn.Module
     batches: Callable[[int], Iterator[Any]]
-    loss: Callable[[Any], tuple[torch.Tensor, dict[str, float]]]
+    loss: Callable[[Any], tuple[torch.Tensor, dict[str, float]]] | None  # None with train_step
     validate: Callable[[], dict[str, float]] | None = None
     best_metric: str = "word_accuracy"
     extra_state: dict = field(default_factory=dict)   # saved in every checkpoint (charset…)
