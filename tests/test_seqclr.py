@@ -112,14 +112,14 @@ def test_instances_follow_ragged_widths(mapping, representation, head):
     per_image = {"all": 1, "window": 5, "frame": None}[mapping]
     instances = reference.instances(frames, lengths, mapping, 5)
     assert instances.shape[0] == (int(lengths.sum()) if per_image is None else 4 * per_image)
-    loss = method.loss(images, images.flip(0), widths[[0, 0, 0, 0]])
+    loss = method(images, images.flip(0), widths[[0, 0, 0, 0]])
     assert torch.isfinite(loss)
 
 
 def test_loss_reaches_every_encoder_module():
     method = SeqCLR(Recognizer(preset="small", decoder="ctc"), head="bilstm")
     images = torch.randn(4, 1, 32, 100)
-    method.loss(images, images + 0.1 * torch.randn_like(images)).backward()
+    method(images, images + 0.1 * torch.randn_like(images)).backward()
     for name in ("transformation", "feature_extractor", "sequence_model"):
         grads = [p.grad for p in getattr(method.recognizer, name).parameters()]
         assert any(g is not None and g.abs().sum() > 0 for g in grads), name

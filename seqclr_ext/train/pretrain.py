@@ -7,11 +7,11 @@ baseline (SimCLR augmentations, the whole flattened map as one instance; with
 
 Writes RUN_DIR/encoder.pt (the encoder's weights + the recognizer config) for
 ``decoder-eval`` and ``finetune``. The views of step s come from a generator seeded with
-(seed, s), so ``--resume`` sees exactly the views of an uninterrupted run.
+(seed, s) (and the rank under torchrun), so ``--resume`` sees exactly the views of an
+uninterrupted run with as many processes.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from ..data.augment import make_augment
 from ..methods import SeqCLR, SimCLR
 from ..methods.seqclr import MAPPINGS
 from ..models import HEADS
+from . import distributed
 from .common import (Repeat, add_model_arguments, add_trainer_arguments, make_charset,
                      make_recognizer, resumable_loader, run_task, seed_everything)
 from .trainer import Task, save_atomic
@@ -62,7 +63,7 @@ def run(config: dict) -> int:
     run_dir = Path(config["run_dir"])
     parts = [LmdbDataset(path, None, max_length=None) for path in config["train"]]
     for part in parts:
-        print(part.report(), file=sys.stderr)
+        distributed.log(part.report())
     data = ConcatDataset(parts)
     collate = RecognitionCollate(None, height=config["height"], width=config["width"],
                                  keep_ratio=config["keep_ratio"])
@@ -83,16 +84,17 @@ def run(config: dict) -> int:
     def batches(step: int):
         return enumerate(resumable_loader(data, collate, config, step), start=step)
 
-    def loss(item):
+    def loss(model, item):
         step, batch = item
         images = batch["images"].to(device)
         widths = batch["widths"].to(device) if batch["widths"] is not None else None
-        generator = torch.Generator(device).manual_seed(config["seed"] * 1_000_003 + step)
+        seed = (config["seed"] * 1_000_003 + step) * distributed.world_size() + distributed.rank()
+        generator = torch.Generator(device).manual_seed(seed)
         views = [augment(images, widths, generator) for _ in range(2)]
-        return method.loss(*views, widths), {}
+        return model(*views, widths), {}
 
     status = run_task(config, Task(method, batches, loss, best_metric="none"))
-    if status == 0:
+    if status == 0 and distributed.is_main():
         save_atomic(encoder_checkpoint(method), run_dir / "encoder.pt")
-        print(f"encoder: {run_dir / 'encoder.pt'}", file=sys.stderr)
+        distributed.log(f"encoder: {run_dir / 'encoder.pt'}")
     return status
