@@ -171,13 +171,14 @@ def _word(word):
 
 
 def test_torchrun_pretrain_then_resume_in_one_process(tmp_path, subprocess_env):
+    """With bf16 autocast (frames in bf16, the gathered loss in float32)."""
     lmdb = tmp_path / "words"
     write_lmdb(lmdb, [(_word(w), w) for w in ["cat", "dog", "Hello", "42", "tree", "ok"]])
     run = tmp_path / "run"
     proc = _torchrun(["-m", "seqclr_ext.train", "pretrain", "--train", str(lmdb),
                       "--run-dir", str(run), "--iterations", "2", "--device", "cpu",
                       "--preset", "small", "--batch-size", "4", "--workers", "0",
-                      "--no-progress", "--log-every", "1", "--no-tensorboard"],
+                      "--no-progress", "--log-every", "1", "--no-tensorboard", "--amp", "bf16"],
                      subprocess_env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("done: 2 steps") == 1          # rank 0 alone reports

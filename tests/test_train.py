@@ -2,6 +2,7 @@
 exact resume, label subsets, atomic checkpoints, divergence and SIGTERM stops."""
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -66,7 +67,8 @@ def test_cli_end_to_end(data, tmp_path, subprocess_env):
     out = tmp_path / "metrics.json"
     proc = subprocess.run([sys.executable, "-m", "seqclr_ext.evaluate", "--checkpoint",
                            str(run / "best.pt"), "--data", val, "--json", str(out)],
-                          env=subprocess_env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          env=subprocess_env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "word_accuracy" in proc.stdout and "one_minus_ned" in proc.stdout
     result = json.loads(out.read_text())["results"][val]
@@ -106,6 +108,18 @@ def test_resume_is_exact(data, tmp_path, capsys):
     assert steps == [str(i) for i in range(1, 7)]  # no step logged twice
     # A finished run refuses to be overwritten without --resume.
     assert _train(tmp_path / "straight", train) == 2
+
+
+@pytest.mark.parametrize("command", ["supervised", "pretrain"])
+def test_bf16_autocast_step_is_finite(data, tmp_path, command):
+    train, _ = data
+    run = tmp_path / "run"
+    assert main([command, "--train", train, "--run-dir", str(run), "--iterations", "1", *FAST,
+                 "--tps", "--amp", "bf16", "--no-tensorboard"]) == 0   # TPS: tps_grid_sample
+    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    losses = [float(value) for _, _, tag, value in rows if tag == "train/loss"]
+    assert len(losses) == 1 and math.isfinite(losses[0])
+    assert torch.load(run / "last.pt", weights_only=False)["config"]["amp"] == "bf16"
 
 
 def test_rng_state_round_trip():

@@ -1,7 +1,8 @@
 """The SimCLR baseline of SeqCLR's Table 1 (its "non-sequential" comparison): each image's
 whole representation map, flattened, is one instance — R = V ("SimCLR") or R = H ("SimCLR
 contextual") — through an MLP head, contrasted with the NT-Xent loss (``seq_nce`` with one
-frame per image; with every rank's negatives under torchrun). Needs fixed-size images (the frames of every image must line up)."""
+frame per image; with every rank's negatives under torchrun). Needs fixed-size images (the
+frames of every image must line up)."""
 import torch
 import torch.nn as nn
 
