@@ -71,6 +71,18 @@ def _param_grads(model):
     return {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
 
 
+def _backward_twice(module, loss_of, inputs):
+    """Wraps ``module`` in DDP as the Trainer does and runs two backward passes (static_graph
+    averages gradients differently in the first, recording, iteration); -> the loss."""
+    ddp = DistributedDataParallel(module, static_graph=True)
+    for _ in range(2):
+        for x in (*inputs, *module.parameters()):
+            x.grad = None
+        loss = loss_of(ddp)
+        loss.backward()
+    return loss
+
+
 def _worker(out):
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -81,17 +93,15 @@ def _worker(out):
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         rows = slice(int(offsets[mine.start]), int(offsets[mine.stop]))
         x_a, x_b = (x[rows].clone().requires_grad_() for x in (x_a, x_b))
-        ddp = DistributedDataParallel(model)   # alive until after the backward
-        loss = _frames_loss(ddp, x_a, x_b, lengths[mine], name)
-        loss.backward()
+        loss = _backward_twice(model, lambda ddp: _frames_loss(ddp, x_a, x_b, lengths[mine], name),
+                               (x_a, x_b))
         results[name] = {"loss": distributed.mean(loss), "grad_a": x_a.grad,
                          "grad_b": x_b.grad, "params": _param_grads(model)}
     for name in MODEL_CASES:
         method, view_a, view_b, widths = _model_case(name)
         mine = slice(rank * 2, rank * 2 + 2)
-        ddp = DistributedDataParallel(method, find_unused_parameters=True)
-        loss = ddp(view_a[mine], view_b[mine], None if widths is None else widths[mine])
-        loss.backward()
+        loss = _backward_twice(method, lambda ddp: ddp(
+            view_a[mine], view_b[mine], None if widths is None else widths[mine]), ())
         results[name] = {"loss": distributed.mean(loss), "params": _param_grads(method)}
     torch.save(results, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()

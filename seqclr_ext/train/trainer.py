@@ -175,13 +175,13 @@ class Trainer:
         self.amp = config.get("amp", "off")
         if task.train_step is not None and (distributed.active() or self.amp != "off"):
             raise ValueError("a task with its own train_step runs in one process without --amp")
-        # What the task's loss calls. find_unused_parameters: pre-training leaves the
-        # recognizer's decoder (and, for R = V, its BiLSTM) out of the loss.
+        # What the task's loss calls. static_graph: every step uses the same parameters,
+        # and pre-training leaves some out (the recognizer's decoder; for R = V, the BiLSTM).
         self.forward = self.model
         if distributed.active():
             self.forward = DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+                static_graph=True)
         if task.optimizers is None:
             self.optimizers = {"main": make_optimizer(self.model.parameters(), config)}
             self.schedulers = {"main": make_scheduler(self.optimizers["main"], config)}
