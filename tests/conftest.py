@@ -47,3 +47,22 @@ def subprocess_env():
     root = str(Path(seqclr_ext.__file__).resolve().parents[1])
     return dict(os.environ, PYTHONPATH=os.pathsep.join(
         [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
+@pytest.fixture(scope="session")
+def word_lmdb():
+    """``make(path, words) -> str(path)``: a tiny LMDB of the words drawn with PIL's
+    built-in bitmap font, labelled with themselves (for the CLI tests)."""
+    from PIL import Image, ImageDraw
+
+    from seqclr_ext.data import write_lmdb
+
+    def image(word):
+        img = Image.new("L", (8 * len(word) + 8, 20), 255)
+        ImageDraw.Draw(img).text((4, 4), word, fill=0)
+        return img
+
+    def make(path, words):
+        write_lmdb(path, [(image(w), w) for w in words])
+        return str(path)
+    return make

@@ -14,10 +14,9 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from PIL import Image, ImageDraw
 from torch.nn.parallel import DistributedDataParallel
 
-from seqclr_ext.data import ResumableBatchSampler, write_lmdb
+from seqclr_ext.data import ResumableBatchSampler
 from seqclr_ext.methods import SeqCLR, SimCLR
 from seqclr_ext.methods.contrastive import contrastive_loss, pool_instances
 from seqclr_ext.models import Recognizer
@@ -174,18 +173,11 @@ def test_sampler_shards_are_the_global_batches():
         ResumableBatchSampler(10, 4, seed=1, world_size=3)
 
 
-def _word(word):
-    img = Image.new("L", (8 * len(word) + 8, 20), 255)
-    ImageDraw.Draw(img).text((4, 4), word, fill=0)
-    return img
-
-
-def test_torchrun_pretrain_then_resume_in_one_process(tmp_path, subprocess_env):
+def test_torchrun_pretrain_then_resume_in_one_process(tmp_path, subprocess_env, word_lmdb):
     """With bf16 autocast (frames in bf16, the gathered loss in float32)."""
-    lmdb = tmp_path / "words"
-    write_lmdb(lmdb, [(_word(w), w) for w in ["cat", "dog", "Hello", "42", "tree", "ok"]])
+    lmdb = word_lmdb(tmp_path / "words", ["cat", "dog", "Hello", "42", "tree", "ok"])
     run = tmp_path / "run"
-    proc = _torchrun(["-m", "seqclr_ext.train", "pretrain", "--train", str(lmdb),
+    proc = _torchrun(["-m", "seqclr_ext.train", "pretrain", "--train", lmdb,
                       "--run-dir", str(run), "--iterations", "2", "--device", "cpu",
                       "--preset", "small", "--batch-size", "4", "--workers", "0",
                       "--no-progress", "--log-every", "1", "--no-tensorboard", "--amp", "bf16"],

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from seqclr_ext import evaluate as evaluate_cli
 from seqclr_ext.data import (Charset, RecognitionCollate, ResumableBatchSampler, label_subset,
-                             load_or_make_subset, write_lmdb)
+                             load_or_make_subset)
 from seqclr_ext.models import CTCDecoder
 from seqclr_ext.train import rng_state, save_atomic, set_rng_state
 from seqclr_ext.train.cli import main, parse
@@ -24,18 +24,10 @@ FAST = ["--device", "cpu", "--preset", "small", "--no-tps", "--batch-size", "4",
         "--no-progress", "--log-every", "1"]
 
 
-def _image(word: str) -> Image.Image:
-    img = Image.new("L", (8 * len(word) + 8, 20), 255)
-    ImageDraw.Draw(img).text((4, 4), word, fill=0)  # PIL's built-in bitmap font
-    return img
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, word_lmdb):
     root = tmp_path_factory.mktemp("lmdb")
-    write_lmdb(root / "train", [(_image(w), w) for w in WORDS * 2])
-    write_lmdb(root / "val", [(_image(w), w) for w in WORDS[:4]])
-    return str(root / "train"), str(root / "val")
+    return word_lmdb(root / "train", WORDS * 2), word_lmdb(root / "val", WORDS[:4])
 
 
 def _train(run_dir, train, *extra, iterations=6):

@@ -158,7 +158,7 @@ class Trainer:
     SIGTERM; ``best.pt`` whenever validation improves.
 
     Under torchrun every rank runs the same steps on its share of the batch and validates
-    (ranks stay in step; there is nothing else to do meanwhile); rank 0 alone writes
+    (the others would only wait for rank 0 meanwhile); rank 0 alone writes
     checkpoints (the bare model's state, loadable by one process), metrics and progress.
     The loss logged and checked is the mean over ranks; a stop (SIGTERM) on any rank stops
     all at the same step.
