@@ -4,6 +4,7 @@ Tests import the *installed* package (pyproject sets ``--import-mode=importlib``
 with plain ``pytest`` from the repository root.
 """
 import os
+from pathlib import Path
 
 # Idle OpenMP workers sleep instead of spinning. On a shared, oversubscribed CPU a spinning
 # worker makes every small parallel region wait for a time slice (~30-80 ms per op call
@@ -13,6 +14,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+import seqclr_ext  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -34,3 +37,32 @@ def cuda_device():
     if not HAS_CUDA:
         pytest.skip("CUDA is not available")
     return torch.device("cuda")
+
+
+@pytest.fixture(scope="session")
+def subprocess_env():
+    """Environment for a child Python (run with a cwd outside the repository: ``python -m``
+    puts the cwd first on sys.path, and the source folder must not shadow the installed
+    package) that imports the same seqclr_ext as this test."""
+    root = str(Path(seqclr_ext.__file__).resolve().parents[1])
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
+@pytest.fixture(scope="session")
+def word_lmdb():
+    """``make(path, words) -> str(path)``: a tiny LMDB of the words drawn with PIL's
+    built-in bitmap font, labelled with themselves (for the CLI tests)."""
+    from PIL import Image, ImageDraw
+
+    from seqclr_ext.data import write_lmdb
+
+    def image(word):
+        img = Image.new("L", (8 * len(word) + 8, 20), 255)
+        ImageDraw.Draw(img).text((4, 4), word, fill=0)
+        return img
+
+    def make(path, words):
+        write_lmdb(path, [(image(w), w) for w in words])
+        return str(path)
+    return make

@@ -3,9 +3,7 @@ right instance counts on ragged widths, and the pretrain -> decoder-eval / finet
 end to end, resumes exactly and keeps a frozen encoder frozen."""
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
-from seqclr_ext.data import write_lmdb
 from seqclr_ext.data.augment import OPERATIONS, SeqCLRAugment, make_augment
 from seqclr_ext.methods import SeqCLR
 from seqclr_ext.models import HEADS, ProjectionHead, Recognizer, frames_for_width
@@ -112,14 +110,14 @@ def test_instances_follow_ragged_widths(mapping, representation, head):
     per_image = {"all": 1, "window": 5, "frame": None}[mapping]
     instances = reference.instances(frames, lengths, mapping, 5)
     assert instances.shape[0] == (int(lengths.sum()) if per_image is None else 4 * per_image)
-    loss = method.loss(images, images.flip(0), widths[[0, 0, 0, 0]])
+    loss = method(images, images.flip(0), widths[[0, 0, 0, 0]])
     assert torch.isfinite(loss)
 
 
 def test_loss_reaches_every_encoder_module():
     method = SeqCLR(Recognizer(preset="small", decoder="ctc"), head="bilstm")
     images = torch.randn(4, 1, 32, 100)
-    method.loss(images, images + 0.1 * torch.randn_like(images)).backward()
+    method(images, images + 0.1 * torch.randn_like(images)).backward()
     for name in ("transformation", "feature_extractor", "sequence_model"):
         grads = [p.grad for p in getattr(method.recognizer, name).parameters()]
         assert any(g is not None and g.abs().sum() > 0 for g in grads), name
@@ -129,17 +127,10 @@ def test_loss_reaches_every_encoder_module():
 
 # --------------------------------------------------------------------------- CLI
 
-def _word(word):
-    img = Image.new("L", (8 * len(word) + 8, 20), 255)
-    ImageDraw.Draw(img).text((4, 4), word, fill=0)
-    return img
-
-
 @pytest.fixture(scope="module")
-def lmdb(tmp_path_factory):
-    path = tmp_path_factory.mktemp("seqclr") / "words"
-    write_lmdb(path, [(_word(w), w) for w in ["cat", "dog", "Hello", "42", "tree", "ok"] * 2])
-    return str(path)
+def lmdb(tmp_path_factory, word_lmdb):
+    return word_lmdb(tmp_path_factory.mktemp("seqclr") / "words",
+                     ["cat", "dog", "Hello", "42", "tree", "ok"] * 2)
 
 
 def _pretrain(lmdb, run_dir, *extra):

@@ -2,20 +2,19 @@
 exact resume, label subsets, atomic checkpoints, divergence and SIGTERM stops."""
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-import seqclr_ext
 from seqclr_ext import evaluate as evaluate_cli
 from seqclr_ext.data import (Charset, RecognitionCollate, ResumableBatchSampler, label_subset,
-                             load_or_make_subset, write_lmdb)
+                             load_or_make_subset)
 from seqclr_ext.models import CTCDecoder
 from seqclr_ext.train import rng_state, save_atomic, set_rng_state
 from seqclr_ext.train.cli import main, parse
@@ -25,26 +24,10 @@ FAST = ["--device", "cpu", "--preset", "small", "--no-tps", "--batch-size", "4",
         "--no-progress", "--log-every", "1"]
 
 
-def _image(word: str) -> Image.Image:
-    img = Image.new("L", (8 * len(word) + 8, 20), 255)
-    ImageDraw.Draw(img).text((4, 4), word, fill=0)  # PIL's built-in bitmap font
-    return img
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, word_lmdb):
     root = tmp_path_factory.mktemp("lmdb")
-    write_lmdb(root / "train", [(_image(w), w) for w in WORDS * 2])
-    write_lmdb(root / "val", [(_image(w), w) for w in WORDS[:4]])
-    return str(root / "train"), str(root / "val")
-
-
-def _env():
-    # The subprocesses must import the same seqclr_ext as this test.
-    src = str(Path(seqclr_ext.__file__).resolve().parents[1])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    return env
+    return word_lmdb(root / "train", WORDS * 2), word_lmdb(root / "val", WORDS[:4])
 
 
 def _train(run_dir, train, *extra, iterations=6):
@@ -52,15 +35,13 @@ def _train(run_dir, train, *extra, iterations=6):
                  "--iterations", str(iterations), *FAST, *extra])
 
 
-def test_cli_end_to_end(data, tmp_path):
+def test_cli_end_to_end(data, tmp_path, subprocess_env):
     train, val = data
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "seqclr_ext.train", "supervised", "--train", train,
            "--val", val, "--run-dir", str(run), "--decoder", "ctc", "--iterations", "6",
            "--val-every", "3", *FAST, "--workers", "1"]
-    # cwd outside the repository: `python -m` puts the cwd first on sys.path, and the source
-    # folder (no compiled kernels) must not shadow the installed package.
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120,
+    proc = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
@@ -78,7 +59,8 @@ def test_cli_end_to_end(data, tmp_path):
     out = tmp_path / "metrics.json"
     proc = subprocess.run([sys.executable, "-m", "seqclr_ext.evaluate", "--checkpoint",
                            str(run / "best.pt"), "--data", val, "--json", str(out)],
-                          env=_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          env=subprocess_env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "word_accuracy" in proc.stdout and "one_minus_ned" in proc.stdout
     result = json.loads(out.read_text())["results"][val]
@@ -118,6 +100,18 @@ def test_resume_is_exact(data, tmp_path, capsys):
     assert steps == [str(i) for i in range(1, 7)]  # no step logged twice
     # A finished run refuses to be overwritten without --resume.
     assert _train(tmp_path / "straight", train) == 2
+
+
+@pytest.mark.parametrize("command", ["supervised", "pretrain"])
+def test_bf16_autocast_step_is_finite(data, tmp_path, command):
+    train, _ = data
+    run = tmp_path / "run"
+    assert main([command, "--train", train, "--run-dir", str(run), "--iterations", "1", *FAST,
+                 "--tps", "--amp", "bf16", "--no-tensorboard"]) == 0   # TPS: tps_grid_sample
+    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    losses = [float(value) for _, _, tag, value in rows if tag == "train/loss"]
+    assert len(losses) == 1 and math.isfinite(losses[0])
+    assert torch.load(run / "last.pt", weights_only=False)["config"]["amp"] == "bf16"
 
 
 def test_rng_state_round_trip():

@@ -70,14 +70,24 @@ class ResumableBatchSampler:
     ``(seed, position)``: sample k of the stream is element ``k mod n`` of the permutation
     of epoch ``k // n`` (``torch.randperm`` seeded with ``seed + epoch``). Batches run
     across epoch boundaries. Resuming after ``step`` batches = ``start=step * batch_size``,
-    whatever the DataLoader workers had prefetched."""
+    whatever the DataLoader workers had prefetched.
+
+    Distributed: ``batch_size`` is the global batch; rank r of ``world_size`` gets the
+    contiguous slice ``[r·b/N, (r+1)·b/N)`` of each global batch. The ranks together read
+    exactly the batches of one process, so the position (``start``) does not depend on
+    the number of processes."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, start: int = 0,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
         if num_samples < 1:
             raise ValueError("no training samples")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size must be a multiple of world_size {world_size}, "
+                             f"got {batch_size}")
         self.n, self.batch_size, self.seed, self.start = num_samples, batch_size, seed, start
         self.shuffle = shuffle
+        per_rank = batch_size // world_size
+        self.shard = slice(rank * per_rank, (rank + 1) * per_rank)
 
     def _epoch(self, epoch: int) -> list[int]:
         if not self.shuffle:
@@ -95,7 +105,7 @@ class ResumableBatchSampler:
             batch.append(order[k % self.n])
             k += 1
             if len(batch) == self.batch_size:
-                yield batch
+                yield batch[self.shard]
                 batch = []
 
 

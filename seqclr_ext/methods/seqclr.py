@@ -1,11 +1,11 @@
 """SeqCLR (Aberdam et al., CVPR 2021, §3): two augmented views of each image -> base
 encoder f (R = V or H) -> projection head g -> instance mapping m -> contrastive loss, the
-last two fused in ``seq_nce``."""
+last two fused in ``seq_nce`` (with every rank's negatives under torchrun)."""
 import torch.nn as nn
 
 from ..models import Recognizer, padded_to_packed
 from ..models.heads import ProjectionHead
-from ..ops import seq_nce
+from .contrastive import contrastive_loss
 
 __all__ = ["SeqCLR", "MAPPINGS"]
 
@@ -13,7 +13,8 @@ MAPPINGS = ("all", "window", "frame")
 
 
 class SeqCLR(nn.Module):
-    """``loss(view_a, view_b, widths)``: images [B, C, H, W] of the two views (same widths).
+    """``forward(view_a, view_b, widths)`` -> the loss; images [B, C, H, W] of the two views
+    (same widths).
 
     The recognizer's decoder is not used; ``encoder_state()`` returns the weights that the
     decoder-evaluation and fine-tuning protocols load."""
@@ -37,11 +38,11 @@ class SeqCLR(nn.Module):
         frames, lengths = self.recognizer.encode(images, widths, self.representation)
         return padded_to_packed(self.head(frames, lengths), lengths), lengths
 
-    def loss(self, view_a, view_b, widths=None):
+    def forward(self, view_a, view_b, widths=None):
         frames_a, lengths = self.project(view_a, widths)
         frames_b, _ = self.project(view_b, widths)
-        return seq_nce(frames_a, frames_b, lengths, mapping=self.mapping,
-                       num_windows=self.num_windows, temperature=self.temperature)
+        return contrastive_loss(frames_a, frames_b, lengths, mapping=self.mapping,
+                                num_windows=self.num_windows, temperature=self.temperature)
 
     def encoder_state(self):
         return self.recognizer.encoder_state(self.representation)

@@ -1,11 +1,12 @@
 """The SimCLR baseline of SeqCLR's Table 1 (its "non-sequential" comparison): each image's
 whole representation map, flattened, is one instance — R = V ("SimCLR") or R = H ("SimCLR
 contextual") — through an MLP head, contrasted with the NT-Xent loss (``seq_nce`` with one
-frame per image). Needs fixed-size images (the frames of every image must line up)."""
+frame per image; with every rank's negatives under torchrun). Needs fixed-size images (the
+frames of every image must line up)."""
 import torch
 import torch.nn as nn
 
-from ..ops import seq_nce
+from .contrastive import contrastive_loss
 
 __all__ = ["SimCLR"]
 
@@ -27,12 +28,13 @@ class SimCLR(nn.Module):
         frames, _ = self.recognizer.encode(images, None, self.representation)
         return self.head(frames.flatten(1))
 
-    def loss(self, view_a, view_b, widths=None):
+    def forward(self, view_a, view_b, widths=None):
+        """The loss of two views [B, C, H, W] of the same images."""
         if widths is not None:
             raise ValueError("SimCLR needs fixed-size images (no --keep-ratio)")
         z_a, z_b = self.project(view_a), self.project(view_b)
         ones = torch.ones(z_a.shape[0], dtype=torch.long, device=z_a.device)
-        return seq_nce(z_a, z_b, ones, mapping="frame", temperature=self.temperature)
+        return contrastive_loss(z_a, z_b, ones, mapping="frame", temperature=self.temperature)
 
     def encoder_state(self):
         return self.recognizer.encoder_state(self.representation)

@@ -102,5 +102,7 @@ class TPSRectifier(nn.Module):
     def forward(self, images, widths=None):
         if widths is not None or tuple(images.shape[-2:]) != self.output_size:
             images = resize_valid(images, widths, self.output_size)
-        control_points = self.localization(images)
+        # Under autocast the points come out of a Linear in bf16 and the image may not:
+        # the op takes both in one dtype, the image's.
+        control_points = self.localization(images).to(images.dtype)
         return tps_grid_sample(images, control_points, self.output_size)

@@ -10,6 +10,10 @@ Typical use on your own LMDBs (deep-text-recognition-benchmark layout):
         --train labelled.lmdb --label-fraction 0.05 --run-dir runs/ft5
     python -m seqclr_ext.train supervised --train labelled.lmdb --run-dir runs/sup
 
+Every subcommand but ``default`` also runs data-parallel on N GPUs (or CPU processes):
+``torchrun --nproc_per_node N -m seqclr_ext.train pretrain ...``; --batch-size stays the
+global batch (see ``distributed``).
+
 Subcommands live in modules listed in ``COMMANDS``; each defines ``NAME``, ``HELP``,
 ``add_arguments(parser)`` and ``run(config: dict) -> int`` (exit status). Option values
 are layered: parser defaults < ``--config`` YAML < the resumed run's saved config
@@ -18,6 +22,7 @@ are layered: parser defaults < ``--config`` YAML < the resumed run's saved confi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import decoder_eval, default, finetune, pretrain, supervised
+from . import decoder_eval, default, distributed, finetune, pretrain, supervised
 
 __all__ = ["COMMANDS", "main", "parse", "RUN_CONTROL_KEYS"]
 
@@ -103,4 +108,8 @@ def parse(argv: Sequence[str] | None = None) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     config = parse(argv or ["default"])  # no arguments: the built-in demo
-    return COMMANDS[config["command"]].run(config)
+    if config["command"] == "default" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit("error: default runs in one process; under torchrun run its "
+                         "pretrain and decoder-eval steps")
+    with distributed.session(config):
+        return COMMANDS[config["command"]].run(config)

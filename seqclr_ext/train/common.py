@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..data import Charset, ResumableBatchSampler
 from ..models import Recognizer, RecognizerConfig
+from . import distributed
 from .trainer import Task, Trainer, TrainingDiverged
 
 __all__ = ["Repeat", "add_trainer_arguments", "add_model_arguments", "make_charset",
@@ -51,7 +52,9 @@ def add_trainer_arguments(p: argparse.ArgumentParser, *, iterations: int,
     g.add_argument("--stop-after", type=int,
                    help="stop (and checkpoint) after this many steps in this invocation")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device")
+                   help="torch device (under torchrun: cuda means cuda:LOCAL_RANK)")
+    g.add_argument("--amp", choices=("off", "bf16"), default="off",
+                   help="bf16: training forward and loss under torch.autocast(bfloat16)")
     g.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
     g.add_argument("--seed", type=int, default=0,
                    help="model init, data order and label subset")
@@ -65,7 +68,9 @@ def add_trainer_arguments(p: argparse.ArgumentParser, *, iterations: int,
     g = p.add_argument_group("optimization (AdaDelta, SeqCLR Appendix D)")
     g.add_argument("--iterations", type=int, default=iterations, help="optimizer steps")
     g.add_argument("--batch-size", type=int, default=batch_size,
-                   help="images per step" + (f" (default: {per_method})" if batch_size is None else ""))
+                   help="images per optimizer step, over all processes: under torchrun "
+                        "each of the N processes loads batch-size / N"
+                        + (f" (default: {per_method})" if batch_size is None else ""))
     g.add_argument("--lr", type=float, default=lr,
                    help="initial learning rate" + (f" (default: {per_method})" if lr is None else ""))
     g.add_argument("--rho", type=float, default=0.95, help="AdaDelta decay rate")
@@ -123,9 +128,11 @@ def worker_ignore_sigterm(_worker_id: int) -> None:
 
 def resumable_loader(data, collate, config: dict, step: int) -> DataLoader:
     """The batches of ``data`` from optimizer step ``step`` on: a deterministic function of
-    (seed, step), so a resumed run reads exactly the batches an uninterrupted one would."""
+    (seed, step), so a resumed run reads exactly the batches an uninterrupted one would.
+    Under torchrun, this rank's slice of each (global) batch."""
     bs = config["batch_size"]
-    sampler = ResumableBatchSampler(len(data), bs, config["seed"], start=step * bs)
+    sampler = ResumableBatchSampler(len(data), bs, config["seed"], start=step * bs,
+                                    rank=distributed.rank(), world_size=distributed.world_size())
     return DataLoader(data, batch_sampler=sampler, num_workers=config["workers"],
                       collate_fn=collate, pin_memory=config["device"].startswith("cuda"),
                       worker_init_fn=worker_ignore_sigterm)
@@ -149,26 +156,26 @@ def run_task(config: dict, task: Task) -> int:
     trainer = Trainer(task, _saved_config(config), run_dir, progress=config["progress"])
     if config["resume"]:
         trainer.load(trainer.last_path)
-        print(f"resumed {trainer.last_path} at step {trainer.step}", file=sys.stderr)
+        distributed.log(f"resumed {trainer.last_path} at step {trainer.step}")
     elif trainer.last_path.exists():
         print(f"error: {run_dir} already holds a run (last.pt); pass --resume to continue it "
               "or choose another --run-dir", file=sys.stderr)
         return 2
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(trainer.config, sort_keys=True))
+    if distributed.is_main():
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(trainer.config, sort_keys=True))
     try:
         status = trainer.fit(config.get("stop_after"))
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if status == "terminated":
-        print(f"SIGTERM: saved {trainer.last_path} at step {trainer.step}; "
-              "continue with --resume", file=sys.stderr)
+        distributed.log(f"SIGTERM: saved {trainer.last_path} at step {trainer.step}; "
+                        "continue with --resume")
         return SIGTERM_EXIT
     elif status == "paused":
-        print(f"stopped after step {trainer.step} (--stop-after); continue with --resume",
-              file=sys.stderr)
+        distributed.log(f"stopped after step {trainer.step} (--stop-after); continue with --resume")
     else:
         best = run_dir / "best.pt"
         note = f", best {task.best_metric} {trainer.best:.4f} in {best}" if best.exists() else ""
-        print(f"done: {trainer.step} steps; {trainer.last_path}{note}", file=sys.stderr)
+        distributed.log(f"done: {trainer.step} steps; {trainer.last_path}{note}")
     return 0

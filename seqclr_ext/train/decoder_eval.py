@@ -11,13 +11,13 @@ model options, its encoder (TPS, ResNet and, for R = H, the BiLSTM) frozen at in
 """
 from __future__ import annotations
 
-import sys
 import types
 
 import torch
 import torch.nn as nn
 
 from ..models import Recognizer, RecognizerConfig
+from . import distributed
 from .common import add_model_arguments, add_trainer_arguments, make_charset, make_recognizer
 from .common import seed_everything
 from .supervised import add_data_arguments, train_recognizer
@@ -63,8 +63,8 @@ def load_encoder(config: dict, charset) -> tuple[Recognizer, list[nn.Module]]:
         raise SystemExit(f"error: --encoder {config['encoder']}: its weights do not match the "
                          f"recognizer ({len(set(own) ^ set(state))} keys differ)")
     model.load_state_dict(state, strict=False)
-    print(f"loaded encoder {config['encoder']}: {', '.join(sorted(prefixes))} "
-          f"(R = {ckpt['representation']})", file=sys.stderr)
+    distributed.log(f"loaded encoder {config['encoder']}: {', '.join(sorted(prefixes))} "
+                    f"(R = {ckpt['representation']})")
     return model, [getattr(model, name) for name in sorted(prefixes)]
 
 

@@ -10,11 +10,11 @@ Labels in the LMDBs are ignored.
 
 Writes RUN_DIR/encoder.pt (the encoder's weights + the recognizer config) for
 ``decoder-eval`` and ``finetune``. The views (crops, augmentations) of step s come from a
-generator seeded with (seed, s), so ``--resume`` sees exactly those of an uninterrupted run.
+generator seeded with (seed, s) (and the rank under torchrun), so ``--resume`` sees exactly
+those of an uninterrupted run with as many processes.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from ..methods import SeqCLR, SimAN, SimCLR
 from ..methods.seqclr import MAPPINGS
 from ..methods.siman import crop_patches
 from ..models import HEADS
+from . import distributed
 from .common import (Repeat, add_model_arguments, add_trainer_arguments, make_charset,
                      make_recognizer, resumable_loader, run_task, seed_everything)
 from .trainer import Task, save_atomic
@@ -107,12 +108,13 @@ def _contrastive_task(config: dict, recognizer, batches) -> Task:
     augment = make_augment(config["method"])
     device = config["device"]
 
-    def loss(item):
+    def loss(model, item):
         step, batch = item
         images = batch["images"].to(device)
         widths = batch["widths"].to(device) if batch["widths"] is not None else None
-        views = [augment(images, widths, step_generator(config, step)) for _ in range(2)]
-        return method.loss(*views, widths), {}
+        generator = step_generator(config, step)
+        views = [augment(images, widths, generator) for _ in range(2)]
+        return model(*views, widths), {}
 
     return Task(method, batches, loss, best_metric="none")
 
@@ -150,8 +152,9 @@ def _siman_task(config: dict, recognizer, batches) -> Task:
 
 
 def step_generator(config: dict, step: int) -> torch.Generator:
-    """The random source of step ``step``'s views: a function of (seed, step) only."""
-    return torch.Generator(config["device"]).manual_seed(config["seed"] * 1_000_003 + step)
+    """The random source of step ``step``'s views: a function of (seed, step) and the rank."""
+    seed = (config["seed"] * 1_000_003 + step) * distributed.world_size() + distributed.rank()
+    return torch.Generator(config["device"]).manual_seed(seed)
 
 
 def run(config: dict) -> int:
@@ -161,7 +164,7 @@ def run(config: dict) -> int:
     run_dir = Path(config["run_dir"])
     parts = [LmdbDataset(path, None, max_length=None) for path in config["train"]]
     for part in parts:
-        print(part.report(), file=sys.stderr)
+        distributed.log(part.report())
     data = ConcatDataset(parts)
     # SimAN crops patches from images resized to the height keeping their aspect ratio.
     keep_ratio = config["keep_ratio"] or config["method"] == "siman"
@@ -176,7 +179,7 @@ def run(config: dict) -> int:
     make_task = _siman_task if config["method"] == "siman" else _contrastive_task
     task = make_task(config, recognizer, batches)
     status = run_task(config, task)
-    if status == 0:
+    if status == 0 and distributed.is_main():
         save_atomic(encoder_checkpoint(task.model), run_dir / "encoder.pt")
-        print(f"encoder: {run_dir / 'encoder.pt'}", file=sys.stderr)
+        distributed.log(f"encoder: {run_dir / 'encoder.pt'}")
     return status

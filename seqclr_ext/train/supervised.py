@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 from ..data import LmdbDataset, RecognitionCollate, load_or_make_subset
 from ..evaluate import evaluate_dataset, format_table, predict
 from ..metrics import evaluate as score
+from . import distributed
 from .common import (Repeat, add_model_arguments, add_trainer_arguments, make_charset,
                      make_recognizer, resumable_loader, run_task, seed_everything)
 from .trainer import Task
@@ -47,18 +47,20 @@ def add_arguments(p) -> None:
 def training_set(config: dict, charset, run_dir: Path):
     parts = [LmdbDataset(p, charset, max_length=config["max_length"]) for p in config["train"]]
     for part in parts:
-        print(part.report(), file=sys.stderr)
+        distributed.log(part.report())
     data = ConcatDataset(parts)
     subset_file = run_dir / "label_subset.json"
-    if config["label_subset"] and Path(config["label_subset"]).resolve() != subset_file.resolve():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(config["label_subset"], subset_file)
-    if config["label_subset"] or config["label_fraction"] < 1:
+    if not (config["label_subset"] or config["label_fraction"] < 1):
+        return data
+    with distributed.main_first():  # rank 0 writes the subset file, the others read it
+        if config["label_subset"] and \
+                Path(config["label_subset"]).resolve() != subset_file.resolve():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(config["label_subset"], subset_file)
         indices = load_or_make_subset(subset_file, len(data), config["label_fraction"],
                                       config["seed"], sources=config["train"])
-        data = Subset(data, indices)
-        print(f"label subset: {len(data)} samples ({subset_file})", file=sys.stderr)
-    return data
+    distributed.log(f"label subset: {len(indices)} samples ({subset_file})")
+    return Subset(data, indices)
 
 
 def run(config: dict) -> int:
@@ -82,7 +84,7 @@ def train_recognizer(config: dict, model, charset) -> int:
     def batches(step: int):
         return iter(resumable_loader(train, collate, config, step))
 
-    def loss(batch):
+    def loss(model, batch):
         widths = batch["widths"].to(device) if batch["widths"] is not None else None
         out = model(batch["images"].to(device), widths, batch["targets"].to(device),
                     batch["target_lengths"].to(device))
@@ -101,7 +103,7 @@ def train_recognizer(config: dict, model, charset) -> int:
     extra = {"model_config": asdict(model.config),
              "charset": {"symbols": charset.symbols, "case_insensitive": charset.case_insensitive}}
     status = run_task(config, Task(model, batches, loss, validate, extra_state=extra))
-    if status == 0 and config["test"]:
+    if status == 0 and config["test"] and distributed.is_main():
         results = {path: evaluate_dataset(model, charset, path, eval_collate, device=device,
                                           batch_size=bs, alphanumeric=config["alphanumeric"])[0]
                    for path in config["test"]}

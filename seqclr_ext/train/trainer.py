@@ -1,6 +1,7 @@
 """The training loop shared by every subcommand: AdaDelta + step-decay schedule (SeqCLR
 Appendix D), gradient clipping, atomic checkpoints with exact resume, best-validation
-checkpoint, tqdm progress, TensorBoard + CSV metrics, SIGTERM handling, divergence stop.
+checkpoint, tqdm progress, TensorBoard + CSV metrics, SIGTERM handling, divergence stop,
+DistributedDataParallel under torchrun (see ``distributed``) and bf16 autocast.
 
 A subcommand supplies a :class:`Task` (model, batches from a given step, loss of a batch,
 optional validation) and a config dict; the Trainer does the rest.
@@ -21,7 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+
+from . import distributed
 
 __all__ = ["Task", "Trainer", "TrainingDiverged", "save_atomic", "rng_state", "set_rng_state",
            "make_optimizer", "make_scheduler"]
@@ -86,19 +90,23 @@ def make_scheduler(optimizer, cfg: dict):
 @dataclass
 class Task:
     """What a subcommand trains. ``batches(step)`` yields the batches from ``step`` on (a
-    deterministic function of the step, for exact resume); ``loss(batch)`` returns the
-    scalar loss and optionally more scalars to log; ``validate()`` returns metrics, of
-    which ``best_metric`` (higher is better) selects ``best.pt``.
+    deterministic function of the step, for exact resume; under torchrun this rank's share
+    of them); ``loss(model, batch)`` returns the scalar loss and optionally more scalars to
+    log, calling ``model`` — the task's model, or its DistributedDataParallel wrapper under
+    torchrun, whose forward sets up the gradient averaging; ``validate()`` returns
+    metrics, of which ``best_metric`` (higher is better) selects ``best.pt``.
 
     By default the Trainer makes one AdaDelta optimizer (+ step schedule) over the model's
     parameters and does the step itself (zero_grad, backward, clipping). A task that
     optimizes differently (SimAN's alternating generator / discriminator updates with Adam)
     passes its own ``optimizers`` / ``schedulers`` by name (all saved and resumed) and a
     ``train_step(batch) -> (loss, scalars)`` that does the backward passes and steps; the
-    Trainer still checks the loss, steps the schedulers, logs, validates and saves."""
+    Trainer still checks the loss, steps the schedulers, logs, validates and saves (such a
+    task runs in one process, without autocast)."""
     model: torch.nn.Module
     batches: Callable[[int], Iterator[Any]]
-    loss: Callable[[Any], tuple[torch.Tensor, dict[str, float]]] | None  # None with train_step
+    # loss(model, batch), model being the (DDP-wrapped) task.model; None with train_step.
+    loss: Callable[[Callable, Any], tuple[torch.Tensor, dict[str, float]]] | None
     validate: Callable[[], dict[str, float]] | None = None
     best_metric: str = "word_accuracy"
     extra_state: dict = field(default_factory=dict)   # saved in every checkpoint (charset…)
@@ -146,9 +154,15 @@ class Trainer:
     """Runs ``task`` for ``config["iterations"]`` optimizer steps in ``run_dir``.
 
     Config keys used: iterations, lr, rho, eps, weight_decay, grad_clip, lr_milestones,
-    lr_gamma, log_every, val_every, save_every, device, tensorboard. ``run_dir/last.pt`` is
-    written every ``save_every`` steps, at the end, when fit() stops early and on SIGTERM;
-    ``best.pt`` whenever validation improves.
+    lr_gamma, log_every, val_every, save_every, device, tensorboard, amp. ``run_dir/last.pt``
+    is written every ``save_every`` steps, at the end, when fit() stops early and on
+    SIGTERM; ``best.pt`` whenever validation improves.
+
+    Under torchrun every rank runs the same steps on its share of the batch and validates
+    (the others would only wait for rank 0 meanwhile); rank 0 alone writes
+    checkpoints (the bare model's state, loadable by one process), metrics and progress.
+    The loss logged and checked is the mean over ranks; a stop (SIGTERM) on any rank stops
+    all at the same step.
     """
 
     def __init__(self, task: Task, config: dict, run_dir: str | os.PathLike,
@@ -158,6 +172,19 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(config["device"])
         self.model = task.model.to(self.device)
+        self.main = distributed.is_main()
+        self.amp = config.get("amp", "off")
+        if task.train_step is not None and (distributed.active() or self.amp != "off"):
+            raise SystemExit("error: this method (its own train_step, e.g. pretrain --method "
+                             "siman) runs in one process without --amp: no torchrun with "
+                             "N > 1, no --amp bf16")
+        # What the task's loss calls. static_graph: every step uses the same parameters,
+        # and pre-training leaves some out (the recognizer's decoder; for R = V, the BiLSTM).
+        self.forward = self.model
+        if distributed.active():
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                static_graph=True)
         if task.optimizers is None:
             self.optimizers = {"main": make_optimizer(self.model.parameters(), config)}
             self.schedulers = {"main": make_scheduler(self.optimizers["main"], config)}
@@ -183,7 +210,8 @@ class Trainer:
                 **self.task.extra_state}
 
     def save(self, path: Path) -> None:
-        save_atomic(self.state_dict(), path)
+        if self.main:
+            save_atomic(self.state_dict(), path)
         if path == self.last_path:
             self.saved_step = self.step
 
@@ -203,7 +231,7 @@ class Trainer:
     def _on_sigterm(self, signum, frame) -> None:
         self._stop_signal = signum
 
-    def _validate(self, metrics: _Metrics) -> None:
+    def _validate(self, metrics: _Metrics | None) -> None:
         if self.task.validate is None:
             return
         self.model.eval()
@@ -211,12 +239,14 @@ class Trainer:
             values = self.task.validate()
         finally:
             self.model.train()
-        metrics.log(self.step, {f"val/{k}": v for k, v in values.items()})
+        if metrics is not None:
+            metrics.log(self.step, {f"val/{k}": v for k, v in values.items()})
+            tqdm.write(f"step {self.step}: "
+                       + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
         score = values.get(self.task.best_metric)
         if score is not None and score > self.best:
             self.best = score
             self.save(self.run_dir / "best.pt")
-        tqdm.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
     def fit(self, stop_after: int | None = None) -> str:
         """Train to the end, for ``stop_after`` more steps, or until SIGTERM. Returns
@@ -224,11 +254,12 @@ class Trainer:
         cfg = self.config
         total, clip = cfg["iterations"], cfg["grad_clip"]
         stop_at = total if stop_after is None else min(total, self.step + stop_after)
-        metrics = _Metrics(self.run_dir, self.step, cfg.get("tensorboard", True))
+        metrics = (_Metrics(self.run_dir, self.step, cfg.get("tensorboard", True))
+                   if self.main else None)
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if main_thread else None
-        bar = tqdm(total=total, initial=self.step, desc="train", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=total, initial=self.step, desc="train",
+                   disable=not (self.progress and self.main), dynamic_ncols=True)
         self.model.train()
         status = "done"
         try:
@@ -247,7 +278,8 @@ class Trainer:
                         scheduler.step()
                 self.step += 1
                 bar.update(1)
-                if self.step % cfg["log_every"] == 0 or self.step == stop_at:
+                if metrics is not None and (self.step % cfg["log_every"] == 0
+                                            or self.step == stop_at):
                     values = {"train/loss": loss.item(), "train/lr": lr,
                               **{f"train/{k}": v for k, v in extra.items()}}
                     metrics.log(self.step, values)
@@ -255,7 +287,7 @@ class Trainer:
                 val_every = cfg.get("val_every")
                 if val_every and (self.step % val_every == 0 or self.step == total):
                     self._validate(metrics)
-                terminated = self._stop_signal is not None
+                terminated = distributed.any_rank(self._stop_signal is not None, self.device)
                 if terminated or self.step % cfg["save_every"] == 0 or self.step == stop_at:
                     self.save(self.last_path)
                 if terminated:
@@ -265,16 +297,20 @@ class Trainer:
                 status = "done" if self.step >= total else "paused"
         finally:
             bar.close()
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
         return status
 
     def _default_step(self, batch, clip: float) -> tuple[torch.Tensor, dict[str, float]]:
-        """loss, backward, clip, step of the single default optimizer."""
-        loss, extra = self.task.loss(batch)
-        if not torch.isfinite(loss):
-            self._diverged(f"non-finite loss ({loss.item()})")
+        """loss (under bf16 autocast with amp "bf16"), backward, clip, step of the single
+        default optimizer. Returns the loss averaged over the ranks."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
+            loss, extra = self.task.loss(self.forward, batch)
+        mean_loss = distributed.mean(loss)
+        if not torch.isfinite(mean_loss):
+            self._diverged(f"non-finite loss ({mean_loss.item()})")
         optimizer = self.optimizers["main"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -282,7 +318,7 @@ class Trainer:
         if not torch.isfinite(norm):
             self._diverged(f"non-finite gradient norm ({norm.item()})")
         optimizer.step()
-        return loss, {**extra, "grad_norm": norm.item()}
+        return mean_loss, {**extra, "grad_norm": norm.item()}
 
     def _diverged(self, what: str) -> None:
         last = (f"{self.last_path} (step {self.saved_step})" if self.saved_step is not None

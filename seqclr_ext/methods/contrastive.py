@@ -1,0 +1,84 @@
+"""The NT-Xent loss of SeqCLR and SimCLR, on one process (``seq_nce``) or with the
+negatives of every rank of a distributed run (``nce_rows`` on gathered instances)."""
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..ops import nce_rows, seq_nce
+from ..ops.reference import NORM_EPS
+
+__all__ = ["contrastive_loss", "pool_instances"]
+
+
+def pool_instances(frames, lengths, mapping="window", num_windows=5):
+    """seq_nce's instance mapping (DESIGN.md §1 step 1) without a loop over the images:
+    packed frames [total, F] -> instances [M, F]. Window j of an image of T frames averages
+    frames [floor(j·T/T'), ceil((j+1)·T/T')) (adaptive_avg_pool1d); "all" is T' = 1."""
+    if mapping == "frame":
+        return frames
+    windows = 1 if mapping == "all" else num_windows
+    t = lengths.to(frames.device)[:, None]
+    j = torch.arange(windows, device=frames.device)
+    start = j * t // windows                                   # [N, T']
+    end = ((j + 1) * t + windows - 1) // windows
+    span = int((end - start).max())
+    index = start[..., None] + torch.arange(span, device=frames.device)   # [N, T', span]
+    inside = index < end[..., None]
+    offsets = (t.cumsum(0) - t)[..., None]
+    picked = frames[(offsets + torch.minimum(index, end[..., None] - 1)).flatten()]
+    picked = picked.view(*index.shape, -1) * inside[..., None].to(frames.dtype)
+    return (picked.sum(2) / (end - start)[..., None].to(frames.dtype)).flatten(0, 1)
+
+
+class _AllGather(torch.autograd.Function):
+    """Every rank's rows, concatenated in rank order (row counts may differ). Every rank's
+    loss depends on every rank's rows, so the backward sums the gradient over the ranks
+    and returns this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x, counts):
+        padded = x.new_zeros(max(counts), x.shape[1])
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        ctx.counts = counts
+        return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        start = sum(ctx.counts[: dist.get_rank()])
+        return grad[start: start + ctx.counts[dist.get_rank()]], None
+
+
+def contrastive_loss(frames_a, frames_b, lengths, *, mapping="window", num_windows=5,
+                     temperature=0.1):
+    """``seq_nce(frames_a, frames_b, lengths, ...)`` of this process's batch; under a
+    process group of W > 1 ranks, the loss of the global batch (every rank's images, in
+    rank order): this rank's 2M_r rows against the instances of all ranks.
+
+    Distributed, it returns W · (sum of this rank's row losses) / (2M global rows): the
+    mean over the ranks is the global loss, and the gradient, averaged over the ranks by
+    DistributedDataParallel, is the global loss's gradient (the gradient of one rank's
+    inputs is W times theirs in the global loss)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return seq_nce(frames_a, frames_b, lengths, mapping=mapping, num_windows=num_windows,
+                       temperature=temperature)
+    # float32 (float64 kept) whatever autocast produced, as seq_nce accumulates.
+    acc = torch.float64 if frames_a.dtype == torch.float64 else torch.float32
+    z = torch.cat([pool_instances(f.to(acc), lengths, mapping, num_windows)
+                   for f in (frames_a, frames_b)])
+    z = F.normalize(z, dim=1, eps=NORM_EPS)
+    count = torch.tensor([z.shape[0]], device=z.device)
+    counts = [torch.empty_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    columns = _AllGather.apply(z, counts)
+    # Columns: [Z_a; Z_b] of rank 0, then of rank 1, ...; this rank's start at `first`.
+    m = z.shape[0] // 2
+    first = sum(counts[: dist.get_rank()])
+    own = first + torch.arange(2 * m, device=z.device)
+    twin = own.roll(m)
+    losses = nce_rows(z, columns, twin, own, temperature=temperature)
+    return losses.sum() * (len(counts) / sum(counts))
