@@ -11,8 +11,12 @@ import os
 # so it is set before the first `import torch`; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+import seqclr_ext  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -34,3 +38,15 @@ def cuda_device():
     if not HAS_CUDA:
         pytest.skip("CUDA is not available")
     return torch.device("cuda")
+
+
+@pytest.fixture(scope="session")
+def package_env():
+    """Environment for a subprocess that must import the same seqclr_ext as the tests
+    (installed or source tree). Run it with cwd outside the repository: ``python -m`` puts
+    the cwd first on sys.path, and the source folder (no compiled kernels) must not shadow
+    the installed package. Shared: copy it to change it."""
+    root = str(Path(seqclr_ext.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env

@@ -4,7 +4,6 @@ The fonts and word lists are Debian packages that CI installs (render.APT_INSTAL
 missing one fails these tests with the apt-get line to run, it does not skip them.
 """
 import io
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import seqclr_ext
 from seqclr_ext.data import Charset, LmdbDataset, render_split
 from seqclr_ext.data import render as R
 from seqclr_ext.data.__main__ import main
@@ -105,16 +103,12 @@ def test_render_split_is_independent_of_workers(tmp_path):
     assert img.height == 32 and label == R.make_sample("hand-test", 0, 1)[1]
 
 
-def test_cli_render_inspect_preview(tmp_path, capsys):
+def test_cli_render_inspect_preview(tmp_path, capsys, package_env):
     out = tmp_path / "scene.lmdb"
-    # The child imports the same seqclr_ext as this process (installed or source tree).
-    root = str(Path(seqclr_ext.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     proc = subprocess.run(
         [sys.executable, "-m", "seqclr_ext.data", "render", "--split", "scene-test",
          "--num", "8", "--out", str(out), "--seed", "0", "--workers", "1", "--no-progress"],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, env=package_env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "8 written" in proc.stdout
     assert len(LmdbDataset(out, Charset.printable())) == 8

@@ -6,13 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import seqclr_ext
 from seqclr_ext import evaluate as evaluate_cli
 from seqclr_ext.data import (Charset, RecognitionCollate, ResumableBatchSampler, label_subset,
                              load_or_make_subset, write_lmdb)
@@ -39,28 +37,18 @@ def data(tmp_path_factory):
     return str(root / "train"), str(root / "val")
 
 
-def _env():
-    # The subprocesses must import the same seqclr_ext as this test.
-    src = str(Path(seqclr_ext.__file__).resolve().parents[1])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    return env
-
-
 def _train(run_dir, train, *extra, iterations=6):
     return main(["supervised", "--train", train, "--run-dir", str(run_dir),
                  "--iterations", str(iterations), *FAST, *extra])
 
 
-def test_cli_end_to_end(data, tmp_path):
+def test_cli_end_to_end(data, tmp_path, package_env):
     train, val = data
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "seqclr_ext.train", "supervised", "--train", train,
            "--val", val, "--run-dir", str(run), "--decoder", "ctc", "--iterations", "6",
            "--val-every", "3", *FAST, "--workers", "1"]
-    # cwd outside the repository: `python -m` puts the cwd first on sys.path, and the source
-    # folder (no compiled kernels) must not shadow the installed package.
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120,
+    proc = subprocess.run(cmd, env=package_env, capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
@@ -78,7 +66,7 @@ def test_cli_end_to_end(data, tmp_path):
     out = tmp_path / "metrics.json"
     proc = subprocess.run([sys.executable, "-m", "seqclr_ext.evaluate", "--checkpoint",
                            str(run / "best.pt"), "--data", val, "--json", str(out)],
-                          env=_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          env=package_env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "word_accuracy" in proc.stdout and "one_minus_ned" in proc.stdout
     result = json.loads(out.read_text())["results"][val]
