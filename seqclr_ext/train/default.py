@@ -9,7 +9,9 @@ built-in demonstration of SeqCLR on the built-in data, end to end.
 4. prints the two rows' scene-test metrics.
 
 The defaults (small preset on CPU, the paper preset on a GPU) finish in minutes; every size
-is an option.
+is an option. Running it again reuses the finished runs and continues an interrupted one.
+The helpers below (built-in data, run a subcommand once, read its test scores, markdown)
+also serve the experiment drivers in python/.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from ..data import render_split
 
@@ -30,19 +33,24 @@ _GPU = torch.cuda.is_available()
 
 def add_arguments(p) -> None:
     p.add_argument("--data-dir", default="runs/data", help="built-in data (rendered if missing)")
-    p.add_argument("--run-dir", default="runs/default", help="folder of the three runs")
+    p.add_argument("--run-dir", default="runs/default", help="folder of the runs")
     p.add_argument("--num-train", type=int, default=20_000, help="scene-train images")
     p.add_argument("--num-test", type=int, default=1_000, help="scene-test images")
     p.add_argument("--preset", choices=("paper", "small"), default="paper" if _GPU else "small")
-    p.add_argument("--pretrain-steps", type=int, default=5_000 if _GPU else 250)
-    p.add_argument("--eval-steps", type=int, default=5_000 if _GPU else 250)
+    p.add_argument("--pretrain-steps", type=int, default=5_000 if _GPU else 250,
+                   help="steps of each pre-training run")
+    p.add_argument("--eval-steps", type=int, default=5_000 if _GPU else 250,
+                   help="steps of each recognizer run (decoder evaluation, fine-tuning, "
+                        "supervised)")
     p.add_argument("--batch-size", type=int, default=256 if _GPU else 64)
     p.add_argument("--workers", type=int, default=4 if _GPU else 1)
     p.add_argument("--device", default="cuda" if _GPU else "cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
 
 
-def _data(config: dict) -> tuple[Path, Path]:
+def built_in_data(config: dict) -> tuple[Path, Path]:
+    """The scene-train and scene-test LMDBs of config's sizes in config["data_dir"],
+    rendered once and reused."""
     paths = []
     for split, num in (("scene-train", config["num_train"]), ("scene-test", config["num_test"])):
         path = Path(config["data_dir"], f"{split}-{num}.lmdb")
@@ -53,38 +61,69 @@ def _data(config: dict) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def _train(args: list[str]) -> None:
-    from .cli import COMMANDS, parse  # cli lists this module
-    config = parse(args)
-    status = COMMANDS[config["command"]].run(config)
-    if status != 0:
-        raise SystemExit(status)
+def run_flags(config: dict) -> list[str]:
+    """The options every run of an experiment shares (model size, batch, device)."""
+    flags = ["--preset", config["preset"], "--batch-size", str(config["batch_size"]),
+             "--workers", str(config["workers"]), "--device", config["device"],
+             "--val-every", "0", "--log-every", "50", "--no-tensorboard"]
+    return flags if config["progress"] else [*flags, "--no-progress"]
+
+
+# Options that change how a run executes, not what it computes: a finished run is reused
+# whatever they were.
+_EXECUTION_KEYS = {"workers", "device", "progress", "tensorboard", "log_every", "save_every"}
+
+
+def run_once(argv: list[str], run_dir: Path, result: str) -> Path:
+    """Runs the subcommand ``argv`` (without --run-dir) in ``run_dir`` unless
+    ``run_dir/result`` exists, continuing an interrupted run from its last.pt; returns the
+    result's path. A run folder that holds a run of other options is an error, not reused."""
+    from .cli import COMMANDS, RUN_CONTROL_KEYS, parse  # cli lists this module
+    run_dir = Path(run_dir)
+    done = (run_dir / result).exists()
+    resume = not done and (run_dir / "last.pt").exists()
+    config = parse([*argv, "--run-dir", str(run_dir), *(["--resume"] if resume else [])])
+    if done or resume:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        differ = [f"{k}: {saved.get(k)!r}, not {v!r}" for k, v in config.items()
+                  if k not in RUN_CONTROL_KEYS and k not in _EXECUTION_KEYS
+                  and v is not None and saved.get(k) != v]   # None: a per-method default
+        if differ:
+            raise SystemExit(f"error: {run_dir} holds a run of other options "
+                             f"({'; '.join(differ)}): remove it or choose another folder")
+    if not done:
+        status = COMMANDS[config["command"]].run(config)
+        if status != 0:
+            raise SystemExit(status)
+    return run_dir / result
+
+
+def read_test_metrics(run_dir: Path, test: Path) -> dict[str, float]:
+    """The scores of a run's final model on ``test`` (RUN_DIR/test_metrics.json)."""
+    return json.loads((Path(run_dir) / "test_metrics.json").read_text())[str(test)]
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(map(str, row)) + " |" for row in rows)])
 
 
 def run(config: dict) -> int:
-    train, test = _data(config)
+    train, test = built_in_data(config)
     root = Path(config["run_dir"])
-    common = ["--preset", config["preset"], "--batch-size", str(config["batch_size"]),
-              "--workers", str(config["workers"]), "--device", config["device"],
-              "--val-every", "0", "--log-every", "50", "--no-tensorboard"]
-    if not config["progress"]:
-        common.append("--no-progress")
-    pretrain_dir = root / "pretrain-seqclr"
-    if not (pretrain_dir / "encoder.pt").exists():
-        _train(["pretrain", "--train", str(train), "--run-dir", str(pretrain_dir),
-                "--iterations", str(config["pretrain_steps"]), *common])
-    results = {}
-    for name, encoder in (("random init", "random"), ("SeqCLR", str(pretrain_dir / "encoder.pt"))):
+    flags = run_flags(config)
+    encoder = run_once(["pretrain", "--train", str(train),
+                        "--iterations", str(config["pretrain_steps"]), *flags],
+                       root / "pretrain-seqclr", "encoder.pt")
+    rows = []
+    for name, weights in (("random init", "random"), ("SeqCLR", str(encoder))):
         run_dir = root / f"decoder-eval-{name.split()[0].lower()}"
-        if not (run_dir / "test_metrics.json").exists():
-            _train(["decoder-eval", "--encoder", encoder, "--train", str(train), "--test",
-                    str(test), "--run-dir", str(run_dir), "--decoder", "ctc",
-                    "--iterations", str(config["eval_steps"]), *common])
-        results[name] = json.loads((run_dir / "test_metrics.json").read_text())[str(test)]
+        run_once(["decoder-eval", "--encoder", weights, "--train", str(train), "--test",
+                  str(test), "--decoder", "ctc", "--iterations", str(config["eval_steps"]),
+                  *flags], run_dir, "test_metrics.json")
+        m = read_test_metrics(run_dir, test)
+        rows.append([name, *(f"{m[k]:.4f}" for k in
+                             ("word_accuracy", "ed1_accuracy", "cer", "one_minus_ned"))])
     print(f"\nDecoder evaluation (frozen encoder, CTC decoder), {test}:")
-    print("| encoder | word accuracy | ED1 accuracy | CER | 1 - NED |")
-    print("|---|---|---|---|---|")
-    for name, m in results.items():
-        print(f"| {name} | {m['word_accuracy']:.4f} | {m['ed1_accuracy']:.4f} | {m['cer']:.4f} "
-              f"| {m['one_minus_ned']:.4f} |")
+    print(markdown_table(["encoder", "word accuracy", "ED1 accuracy", "CER", "1 - NED"], rows))
     return 0

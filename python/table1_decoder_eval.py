@@ -1,0 +1,59 @@
+"""SeqCLR Table 1 at small scale: decoder evaluation of pre-trained encoders.
+
+Renders the built-in scene-like data, pre-trains the recognizer's encoder on the training
+images (labels unused) with SimCLR (R = V), SimCLR contextual (R = H) and SeqCLR with the
+all-, frame- and window-to-instance mappings, then freezes each encoder (and a randomly
+initialized one) and trains a CTC and an attention decoder on the labels
+(``decoder-eval``). Writes RUN_DIR/table1.md (word accuracy, ED1 accuracy and CER on the
+test images, one row per encoder and decoder) and RUN_DIR/table1.png.
+
+    python python/table1_decoder_eval.py [--num-train N] [--pretrain-steps S] [--quick] ...
+
+Finished runs are reused: run it again to complete an interrupted table.
+"""
+import numpy as np
+from protocols import (DECODERS, PRETRAINING, built_in_data, figure, markdown_table,
+                       parse_args, percent, pretrain, slug, train_and_test, write_report)
+
+ENCODERS = ["random init", *PRETRAINING]
+
+
+def main(argv=None) -> int:
+    config = parse_args(__doc__, "runs/table1", argv=argv)
+    data = built_in_data(config)
+    weights = {"random init": "random",
+               **{name: str(pretrain(config, data[0], name)) for name in PRETRAINING}}
+    results = {(name, decoder): train_and_test(
+                   config, data, f"decoder-eval-{slug(name)}-{decoder}",
+                   ["decoder-eval", "--encoder", weights[name], "--decoder", decoder])
+               for decoder in config["decoders"] for name in ENCODERS}
+
+    rows = [[name, DECODERS[decoder], percent(m["word_accuracy"]), percent(m["ed1_accuracy"]),
+             percent(m["cer"])] for (name, decoder), m in results.items()]
+    table = markdown_table(["encoder", "decoder", "word accuracy (%)", "ED1 accuracy (%)",
+                            "CER (%)"], rows)
+    path = write_report(config, "table1", "Decoder evaluation (SeqCLR Table 1, small scale)",
+                        "Frozen pre-trained encoder, decoder trained on all labels; scores on "
+                        f"{data[1]}.\n\n{table}")
+
+    x = np.arange(len(ENCODERS))
+    width = 0.8 / len(config["decoders"])
+    with figure(path.with_suffix(".png"), ncols=2) as axes:
+        for ax, (metric, label) in zip(axes, (("word_accuracy", "word accuracy (%)"),
+                                              ("ed1_accuracy", "ED1 accuracy (%)"))):
+            for i, decoder in enumerate(config["decoders"]):
+                bars = ax.bar(x + (i - (len(config["decoders"]) - 1) / 2) * width,
+                              [100 * results[name, decoder][metric] for name in ENCODERS],
+                              width, label=DECODERS[decoder])
+                ax.bar_label(bars, fmt="%.1f", fontsize=7)
+            ax.set_xticks(x, ENCODERS, rotation=30, ha="right")
+            ax.set_ylim(bottom=0)
+            ax.set_ylabel(label)
+            ax.legend(title="decoder")
+        axes[0].set_title("decoder evaluation (frozen encoder)")
+    print(f"{path}\n{path.with_suffix('.png')}\n\n{table}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

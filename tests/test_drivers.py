@@ -1,0 +1,120 @@
+"""The experiment drivers in python/ (SeqCLR Tables 1 and 2 at small scale) end to end with
+--quick, each in a subprocess outside the source folder: every row of their markdown tables
+holds the scores of its run, the figures exist, finished runs are reused, an interrupted
+one is continued, and a run folder of other options is refused."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("matplotlib")
+
+DRIVERS = Path(__file__).resolve().parents[1] / "python"
+ENCODERS = ["random init", "SimCLR", "SimCLR contextual", "SeqCLR all", "SeqCLR frame",
+            "SeqCLR window"]
+DECODERS = {"CTC": "ctc", "attention": "attention"}
+
+
+def _drive(script, root, env, *extra):
+    return subprocess.run([sys.executable, str(DRIVERS / script), "--quick", "--data-dir",
+                           "data", "--run-dir", "runs", "--no-progress", *extra],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _table(path):
+    """-> (header, rows) of the markdown table in ``path``."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert set(cells[1]) == {"---"}
+    return cells[0], cells[2:]
+
+
+def _scores(run_dir):
+    (metrics,) = json.loads((run_dir / "test_metrics.json").read_text()).values()
+    return metrics
+
+
+def _percent(x):
+    return f"{100 * x:.1f}"
+
+
+def _check_png(path):
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width > 100 and img.height > 100
+
+
+@pytest.fixture(scope="module")
+def table1(tmp_path_factory, subprocess_env):
+    root = tmp_path_factory.mktemp("drivers")
+    proc = _drive("table1_decoder_eval.py", root, subprocess_env)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def test_table1_decoder_evaluation(table1):
+    runs = table1 / "runs"
+    header, rows = _table(runs / "table1.md")
+    assert header == ["encoder", "decoder", "word accuracy (%)", "ED1 accuracy (%)", "CER (%)"]
+    assert [r[:2] for r in rows] == [[e, d] for d in DECODERS for e in ENCODERS]
+    for encoder, decoder, acc, ed1, cer in rows:
+        slug = encoder.lower().replace(" ", "-")
+        m = _scores(runs / f"decoder-eval-{slug}-{DECODERS[decoder]}")
+        assert m["samples"] == 40
+        assert [acc, ed1, cer] == [_percent(m[k]) for k in ("word_accuracy", "ed1_accuracy", "cer")]
+    _check_png(runs / "table1.png")
+    # Each method pre-trained its own encoder; SimCLR's is the visual one (R = V).
+    for name, representation in (("simclr", "V"), ("simclr-contextual", "H"),
+                                 ("seqclr-frame", "H")):
+        assert (runs / f"pretrain-{name}" / "encoder.pt").is_file()
+        config = (runs / f"pretrain-{name}" / "config.yaml").read_text()
+        assert f"representation: {representation}" in config
+
+
+def test_table1_reuses_finished_runs_and_continues_interrupted_ones(table1, subprocess_env):
+    runs = table1 / "runs"
+    checkpoints = {p: p.stat().st_mtime_ns for p in runs.glob("*/last.pt")}
+    assert len(checkpoints) == 5 + 12
+    interrupted = runs / "decoder-eval-seqclr-all-ctc"
+    expected = (interrupted / "test_metrics.json").read_text()
+    (interrupted / "test_metrics.json").unlink()   # killed after training, before scoring
+    (runs / "table1.md").unlink()
+    proc = _drive("table1_decoder_eval.py", table1, subprocess_env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("resumed") == 1 and "at step 5" in proc.stderr
+    assert (interrupted / "test_metrics.json").read_text() == expected
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/last.pt")} == checkpoints
+    assert (runs / "table1.md").is_file()
+
+
+def test_table2_semi_supervised(table1, subprocess_env):
+    runs = table1 / "runs"
+    encoder = runs / "pretrain-seqclr-window" / "last.pt"
+    mtime = encoder.stat().st_mtime_ns
+    proc = _drive("table2_semi_supervised.py", table1, subprocess_env)
+    assert proc.returncode == 0, proc.stderr
+    assert encoder.stat().st_mtime_ns == mtime   # Table 1's SeqCLR window encoder, reused
+    header, rows = _table(runs / "table2.md")
+    fractions = ("5", "10", "100")
+    assert header == ["method", "decoder", *(f"{m} acc. ({f} % labels)" for f in fractions
+                                              for m in ("word", "ED1"))]
+    methods = {"supervised": "supervised", "SeqCLR fine-tuned": "finetune"}
+    assert [r[:2] for r in rows] == [[m, d] for d in DECODERS for m in methods]
+    for method, decoder, *cells in rows:
+        for i, f in enumerate(("0.05", "0.1", "1")):
+            m = _scores(runs / f"{methods[method]}-{DECODERS[decoder]}-{f}")
+            assert cells[2 * i:2 * i + 2] == [_percent(m["word_accuracy"]),
+                                              _percent(m["ed1_accuracy"])]
+    # Both methods learn from the same labelled subset: 5 % of 200 images.
+    subsets = [json.loads((runs / f"{c}-ctc-0.05" / "label_subset.json").read_text())["indices"]
+               for c in ("supervised", "finetune")]
+    assert len(subsets[0]) == 10 and subsets[0] == subsets[1]
+    assert not (runs / "supervised-ctc-1" / "label_subset.json").exists()
+    _check_png(runs / "table2.png")
+
+    # Other sizes in the same folder are refused rather than mixed with these runs.
+    proc = _drive("table2_semi_supervised.py", table1, subprocess_env, "--eval-steps", "6")
+    assert proc.returncode != 0 and "holds a run of other options" in proc.stderr
+    assert "iterations: 5, not 6" in proc.stderr
