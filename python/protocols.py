@@ -17,7 +17,7 @@ from seqclr_ext.train import default
 from seqclr_ext.train.default import built_in_data, markdown_table, read_test_metrics
 from seqclr_ext.train.default import run_flags, run_once
 
-__all__ = ["DECODERS", "PRETRAINING", "slug", "parse_args", "built_in_data", "pretrain",
+__all__ = ["DECODERS", "PRETRAINING", "METHODS", "slug", "parse_args", "built_in_data", "pretrain",
            "train_and_test", "percent", "markdown_table", "write_report", "figure"]
 
 DECODERS = {"ctc": "CTC", "attention": "attention"}
@@ -36,6 +36,8 @@ PRETRAINING = {
     "SeqCLR frame": ["--method", "seqclr", "--mapping", "frame"],
     "SeqCLR window": ["--method", "seqclr", "--mapping", "window"],
 }
+# Every pre-training method a driver can ask ``pretrain`` for: Table 1's and SimAN.
+METHODS = {**PRETRAINING, "SimAN": ["--method", "siman"]}
 
 
 def slug(name: str) -> str:
@@ -63,9 +65,9 @@ def parse_args(doc: str, run_dir: str, add_arguments=None, argv=None) -> dict:
     return vars(args)
 
 
-def pretrain(config: dict, train: Path, method: str) -> Path:
-    """encoder.pt of a ``pretrain`` run of one of PRETRAINING's methods on ``train``."""
-    return run_once(["pretrain", *PRETRAINING[method], "--train", str(train),
+def pretrain(config: dict, train: Path, method: str, *flags: str) -> Path:
+    """encoder.pt of a ``pretrain`` run of one of METHODS on ``train`` (with more ``flags``)."""
+    return run_once(["pretrain", *METHODS[method], *flags, "--train", str(train),
                      "--iterations", str(config["pretrain_steps"]), *run_flags(config)],
                     Path(config["run_dir"], f"pretrain-{slug(method)}"), "encoder.pt")
 

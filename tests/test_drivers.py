@@ -118,3 +118,30 @@ def test_table2_semi_supervised(table1, subprocess_env):
     proc = _drive("table2_semi_supervised.py", table1, subprocess_env, "--eval-steps", "6")
     assert proc.returncode != 0 and "holds a run of other options" in proc.stderr
     assert "iterations: 5, not 6" in proc.stderr
+
+
+def test_siman_probe(tmp_path, subprocess_env):
+    proc = _drive("siman_probe.py", tmp_path, subprocess_env)
+    assert proc.returncode == 0, proc.stderr
+    runs = tmp_path / "runs"
+    header, rows = _table(runs / "siman_probe.md")
+    assert header == ["encoder", "probe", "word accuracy (%)", "ED1 accuracy (%)", "CER (%)"]
+    encoders = {"random init": "random", "SimAN": "siman", "SeqCLR (R = V)": "seqclr"}
+    assert [r[:2] for r in rows] == [[e, d] for d in DECODERS for e in encoders]
+    for encoder, decoder, acc, ed1, cer in rows:
+        m = _scores(runs / f"probe-{encoders[encoder]}-{DECODERS[decoder]}")
+        assert [acc, ed1, cer] == [_percent(m[k]) for k in ("word_accuracy", "ed1_accuracy", "cer")]
+    _check_png(runs / "siman_probe.png")
+    # The same probe everywhere: a frozen ResNet (no TPS), the BiLSTM and decoder trained.
+    import torch
+    for name in encoders.values():
+        ckpt = torch.load(runs / f"probe-{name}-ctc" / "last.pt", weights_only=False)
+        assert ckpt["model_config"]["tps"] is False
+        assert not any(k.startswith("transformation.") for k in ckpt["model"])
+    for method in ("siman", "seqclr-window"):
+        encoder = torch.load(runs / f"pretrain-{method}" / "encoder.pt", weights_only=False)
+        assert encoder["representation"] == "V"
+        probed = torch.load(runs / f"probe-{method.split('-')[0]}-ctc" / "last.pt",
+                            weights_only=False)["model"]
+        for k, v in encoder["encoder_state"].items():
+            assert torch.equal(probed[k], v), k

@@ -7,7 +7,8 @@ recognizer it was trained in), ``encoder_state`` (weights of its encoder modules
 ``representation``. The recognizer is rebuilt from that config with the decoder asked
 for here, the encoder weights are loaded strictly, and exactly the modules they cover are
 frozen. ``--encoder random`` is the random-initialization baseline: a recognizer from the
-model options, its encoder (TPS, ResNet and, for R = H, the BiLSTM) frozen at init.
+model options, its encoder (TPS, ResNet and, for ``--representation H``, the BiLSTM) frozen
+at init.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ REQUIRED = ("encoder", "train", "run_dir")
 def add_arguments(p) -> None:
     p.add_argument("--encoder", metavar="ENCODER_PT",
                    help="encoder.pt of a pretrain run, or 'random' for the baseline")
+    p.add_argument("--representation", choices=("H", "V"), default="H",
+                   help="with --encoder random: freeze up to R (V: TPS + ResNet, H: + BiLSTM); "
+                        "an encoder.pt says its own")
     add_data_arguments(p)
     add_model_arguments(p)
     add_trainer_arguments(p, iterations=50_000, batch_size=256)
@@ -46,7 +50,7 @@ def load_encoder(config: dict, charset) -> tuple[Recognizer, list[nn.Module]]:
     """-> (recognizer with the pre-trained encoder loaded, the encoder's modules)."""
     if config["encoder"] == "random":
         model = make_recognizer(config, charset)
-        return model, model.encoder_modules()
+        return model, model.encoder_modules(config["representation"])
     ckpt = torch.load(config["encoder"], map_location="cpu", weights_only=False)
     missing = {"model_config", "encoder_state", "representation"} - set(ckpt)
     if missing:
