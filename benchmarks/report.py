@@ -3,8 +3,8 @@
     python benchmarks/report.py results.json [more.json ...] > table.md
 
 One table per file, one row per benchmark: device, date, case, impl, mode, dtype, instances,
-median time, rounds, throughput (GFLOP/s, TFLOP/s on CUDA, or GB/s for the suites that
-record bytes instead of flops), peak memory, speed-up vs eager and memory
+median time, rounds, throughput (GFLOP/s, TFLOP/s on CUDA, GB/s for the suites that
+record bytes instead of flops, images/s for training steps), peak memory, speed-up vs eager and memory
 ratio vs eager. Both ratios are eager / this implementation (> 1: this one is faster or
 smaller), computed from the results of the same op, case, mode, device and dtype in the same
 file. Where eager was skipped (too large) the memory ratio is taken against eager's estimate
@@ -74,6 +74,8 @@ def rows_of(data):
             rate = f"{info['gflop_per_s']:.1f} GFLOP/s"
         elif "gb_per_s" in info:
             rate = f"{info['gb_per_s']:.1f} GB/s"
+        elif "images_per_s" in info:
+            rate = f"{info['images_per_s']:.1f} images/s"
         else:
             rate = "n/a"
         out.append(dict(

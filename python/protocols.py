@@ -22,7 +22,7 @@ __all__ = ["DECODERS", "PRETRAINING", "METHODS", "slug", "parse_args", "built_in
 
 DECODERS = {"ctc": "CTC", "attention": "attention"}
 
-# --quick: a smoke run of the whole protocol in a few minutes on two CPU cores.
+# --quick: a smoke run of the whole protocol, about a minute on two CPU cores.
 QUICK = dict(num_train=200, num_test=40, pretrain_steps=5, eval_steps=5, batch_size=8,
              workers=0, preset="small")
 
