@@ -22,7 +22,6 @@
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sub.h>
 #include <ATen/ops/sum.h>
-#include <ATen/ops/var_mean.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -64,12 +63,24 @@ struct ImageBuffers {
         V(at::empty({2 * s.C, s.L}, acc)) {}
 };
 
-// Instance-norm statistics of x [C, n] into stats [2, C]: mean, rstd = 1/sqrt(var + eps).
-void instance_stats(const at::Tensor& x, double eps, at::Tensor stats) {
-  auto [var, mean] = at::var_mean(x, at::IntArrayRef{1}, /*correction=*/at::Scalar(0),
-                                  /*keepdim=*/false);
-  stats.select(0, 0).copy_(mean);
-  stats.select(0, 1).copy_(var.add_(eps).rsqrt_());
+// Instance-norm statistics of x [C, n] (contiguous) into stats [2, C] (contiguous): mean and
+// rstd = 1/sqrt(var + eps), biased variance, two passes.
+template <typename acc_t>
+void instance_stats(const at::Tensor& x, double eps, const at::Tensor& stats) {
+  const int64_t C = x.size(0), n = x.size(1);
+  const acc_t* xp = x.const_data_ptr<acc_t>();
+  acc_t* mean = stats.mutable_data_ptr<acc_t>();
+  acc_t* rstd = mean + C;
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t* row = xp + c * n;
+    acc_t sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += row[i];
+    const acc_t m = sum / static_cast<acc_t>(n);
+    acc_t sq = 0;
+    for (int64_t i = 0; i < n; ++i) sq += (row[i] - m) * (row[i] - m);
+    mean[c] = m;
+    rstd[c] = acc_t(1) / std::sqrt(sq / static_cast<acc_t>(n) + static_cast<acc_t>(eps));
+  }
 }
 
 // Loads image b into the buffers: ĉ, the raw style, key and V. With `fresh` the
@@ -82,8 +93,8 @@ void load_image(const at::Tensor& content, const at::Tensor& style, int64_t b, c
   img.ch.view({s.C, s.H, s.W}).copy_(content[b]);
   img.raw.view({s.C, s.Hs, s.Ws}).copy_(style[b]);
   if (fresh) {
-    instance_stats(img.ch, eps, content_stats[b]);
-    instance_stats(img.raw, eps, style_stats[b]);
+    instance_stats<acc_t>(img.ch, eps, content_stats[b]);
+    instance_stats<acc_t>(img.raw, eps, style_stats[b]);
   }
   const at::Tensor cs = content_stats[b].unsqueeze(2), ss = style_stats[b].unsqueeze(2);
   img.ch.sub_(cs[0]).mul_(cs[1]);
