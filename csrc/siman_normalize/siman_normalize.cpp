@@ -55,8 +55,9 @@ void check_siman_normalize_backward_args(const at::Tensor& grad_out, const at::T
   check_siman_normalize_args(content, style, kernel_size, eps);
   TORCH_CHECK(grad_out.sizes() == content.sizes(), "grad_out must have content's shape ",
               content.sizes(), ", got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == content.scalar_type(), "grad_out must have content's dtype ",
-              content.scalar_type(), ", got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.scalar_type() == content.scalar_type(),
+              "grad_out must have content's dtype ", content.scalar_type(), ", got ",
+              grad_out.scalar_type());
   TORCH_CHECK(grad_out.device() == content.device(), "grad_out must be on content's device ",
               content.device(), ", got ", grad_out.device());
   const auto acc = siman_acc_dtype(content.scalar_type());
