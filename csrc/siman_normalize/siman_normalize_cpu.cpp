@@ -17,7 +17,9 @@
 #include <ATen/ops/addcmul.h>
 #include <ATen/ops/amax.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/log.h>
+#include <ATen/ops/mean.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sub.h>
@@ -55,62 +57,138 @@ struct ImageBuffers {
   at::Tensor raw;  // style [C, L]
   at::Tensor key;  // IN(style) / √C [C, L]
   at::Tensor V;    // [μ; σ] [2C, L]
+  at::Tensor scratch;  // [2L + 2W_s] for the box filters
 
   ImageBuffers(const Shape& s, const at::TensorOptions& acc)
       : ch(at::empty({s.C, s.N}, acc)),
         raw(at::empty({s.C, s.L}, acc)),
         key(at::empty({s.C, s.L}, acc)),
-        V(at::empty({2 * s.C, s.L}, acc)) {}
+        V(at::empty({2 * s.C, s.L}, acc)),
+        scratch(at::empty({2 * s.L + 2 * s.Ws}, acc)) {}
 };
 
-// Instance-norm statistics of x [C, n] (contiguous) into stats [2, C] (contiguous): mean and
-// rstd = 1/sqrt(var + eps), biased variance, two passes.
+// Centres x [C, n] in place and writes its instance-norm statistics into stats [2, C]: the
+// mean and rstd = 1/sqrt(var + eps) (biased variance, two passes; ATen's vectorized
+// reductions, single-threaded inside the parallel region).
+void centre_and_stats(at::Tensor& x, double eps, const at::Tensor& stats) {
+  at::Tensor m = stats[0];
+  at::mean_out(m, x, 1);
+  x.sub_(m.unsqueeze(1));
+  at::Tensor r = stats[1];
+  at::linalg_vector_norm_out(r, x, 2, at::IntArrayRef{1});
+  r.square_().div_(static_cast<double>(x.size(1))).add_(eps).rsqrt_();
+}
+
+// μ and σ of SimAN eq. 1 for every position of one contiguous Hs × Ws plane: the sums of
+// local_stats (siman_normalize.h) in the same order, as row-vectorizable loops.
 template <typename acc_t>
-void instance_stats(const at::Tensor& x, double eps, const at::Tensor& stats) {
-  const int64_t C = x.size(0), n = x.size(1);
-  const acc_t* xp = x.const_data_ptr<acc_t>();
-  acc_t* mean = stats.mutable_data_ptr<acc_t>();
-  acc_t* rstd = mean + C;
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t* row = xp + c * n;
-    acc_t sum = 0;
-    for (int64_t i = 0; i < n; ++i) sum += row[i];
-    const acc_t m = sum / static_cast<acc_t>(n);
-    acc_t sq = 0;
-    for (int64_t i = 0; i < n; ++i) sq += (row[i] - m) * (row[i] - m);
-    mean[c] = m;
-    rstd[c] = acc_t(1) / std::sqrt(sq / static_cast<acc_t>(n) + static_cast<acc_t>(eps));
+void box_stats(const acc_t* s, int64_t Hs, int64_t Ws, int64_t half, acc_t eps,
+               const acc_t* col_count, acc_t* mu, acc_t* sigma, acc_t* row_acc) {
+  for (int64_t i = 0; i < Hs; ++i) {
+    int64_t r0, r1;
+    window(i, Hs, half, r0, r1);
+    acc_t* m = mu + i * Ws;
+    std::fill(row_acc, row_acc + Ws, acc_t(0));
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t dj = -half; dj <= half; ++dj) {
+        const int64_t o = r * Ws + dj;
+        for (int64_t j = std::max<int64_t>(0, -dj); j < std::min(Ws, Ws - dj); ++j) {
+          row_acc[j] += s[o + j];
+        }
+      }
+    }
+    const acc_t rows = static_cast<acc_t>(r1 - r0);
+    for (int64_t j = 0; j < Ws; ++j) m[j] = row_acc[j] * (acc_t(1) / (rows * col_count[j]));
+    std::fill(row_acc, row_acc + Ws, acc_t(0));
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t dj = -half; dj <= half; ++dj) {
+        const int64_t o = r * Ws + dj;
+        for (int64_t j = std::max<int64_t>(0, -dj); j < std::min(Ws, Ws - dj); ++j) {
+          const acc_t d = s[o + j] - m[j];
+          row_acc[j] += d * d;
+        }
+      }
+    }
+    for (int64_t j = 0; j < Ws; ++j) {
+      sigma[i * Ws + j] = std::sqrt(row_acc[j] * (acc_t(1) / (rows * col_count[j])) + eps);
+    }
+  }
+}
+
+// Adds d loss / d s through the local statistics to ds (one Hs × Ws plane): every position
+// q whose neighbourhood holds p gives (dμ_q + dσ_q (s_p − μ_q) / σ_q) / n_q
+// (local_stats_grad in siman_normalize.h), here with a = dμ / n and b = dσ / (σ n) per q
+// first, then row-vectorizable loops.
+template <typename acc_t>
+void box_stats_grad(const acc_t* s, const acc_t* mu, const acc_t* sigma, const acc_t* dmu,
+                    const acc_t* dsigma, int64_t Hs, int64_t Ws, int64_t half,
+                    const acc_t* col_count, acc_t* a, acc_t* b, acc_t* ds) {
+  for (int64_t i = 0; i < Hs; ++i) {
+    int64_t r0, r1;
+    window(i, Hs, half, r0, r1);
+    const acc_t rows = static_cast<acc_t>(r1 - r0);
+    for (int64_t j = 0; j < Ws; ++j) {
+      const int64_t q = i * Ws + j;
+      const acc_t inv_n = acc_t(1) / (rows * col_count[j]);
+      a[q] = dmu[q] * inv_n;
+      b[q] = dsigma[q] * inv_n / sigma[q];
+    }
+  }
+  for (int64_t i = 0; i < Hs; ++i) {
+    int64_t r0, r1;
+    window(i, Hs, half, r0, r1);
+    const acc_t* x = s + i * Ws;
+    acc_t* g = ds + i * Ws;
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t dj = -half; dj <= half; ++dj) {
+        const int64_t o = r * Ws + dj;
+        for (int64_t j = std::max<int64_t>(0, -dj); j < std::min(Ws, Ws - dj); ++j) {
+          g[j] += a[o + j] + b[o + j] * (x[j] - mu[o + j]);
+        }
+      }
+    }
+  }
+}
+
+// Neighbourhood positions along the width at each column j (the count's column factor).
+template <typename acc_t>
+void column_counts(int64_t Ws, int64_t half, acc_t* count) {
+  for (int64_t j = 0; j < Ws; ++j) {
+    int64_t c0, c1;
+    window(j, Ws, half, c0, c1);
+    count[j] = static_cast<acc_t>(c1 - c0);
   }
 }
 
 // Loads image b into the buffers: ĉ, the raw style, key and V. With `fresh` the
-// instance-norm statistics are computed into content_stats[b] / style_stats[b] first (the
-// forward); otherwise the saved ones are used (the backward), so both get the same ĉ and key.
+// instance-norm statistics are computed into content_stats[b] / style_stats[b] (the
+// forward); otherwise the saved ones are used (the backward). Both centre with the same op
+// and scale with the same op, so they get the same ĉ and key.
 template <typename acc_t>
 void load_image(const at::Tensor& content, const at::Tensor& style, int64_t b, const Shape& s,
                 at::Tensor& content_stats, at::Tensor& style_stats, int64_t kernel_size,
                 double eps, bool fresh, ImageBuffers& img) {
   img.ch.view({s.C, s.H, s.W}).copy_(content[b]);
   img.raw.view({s.C, s.Hs, s.Ws}).copy_(style[b]);
-  if (fresh) {
-    instance_stats<acc_t>(img.ch, eps, content_stats[b]);
-    instance_stats<acc_t>(img.raw, eps, style_stats[b]);
-  }
   const at::Tensor cs = content_stats[b].unsqueeze(2), ss = style_stats[b].unsqueeze(2);
-  img.ch.sub_(cs[0]).mul_(cs[1]);
-  at::sub_out(img.key, img.raw, ss[0]).mul_(ss[1].mul(1.0 / std::sqrt(double(s.C))));
+  img.key.copy_(img.raw);
+  if (fresh) {
+    centre_and_stats(img.ch, eps, content_stats[b]);
+    centre_and_stats(img.key, eps, style_stats[b]);
+  } else {
+    img.ch.sub_(cs[0]);
+    img.key.sub_(ss[0]);
+  }
+  img.ch.mul_(cs[1]);
+  img.key.mul_(ss[1]).div_(std::sqrt(double(s.C)));
   const acc_t* raw = img.raw.const_data_ptr<acc_t>();
   acc_t* mu = img.V.mutable_data_ptr<acc_t>();
   acc_t* sigma = mu + s.C * s.L;
-  const int64_t half = kernel_size / 2;
+  acc_t* col_count = img.scratch.mutable_data_ptr<acc_t>();
+  column_counts<acc_t>(s.Ws, kernel_size / 2, col_count);
   for (int64_t c = 0; c < s.C; ++c) {
-    for (int64_t i = 0; i < s.Hs; ++i) {
-      for (int64_t j = 0; j < s.Ws; ++j) {
-        const int64_t q = c * s.L + i * s.Ws + j;
-        local_stats<acc_t>(raw + c * s.L, s.Hs, s.Ws, half, i, j, static_cast<acc_t>(eps),
-                           mu[q], sigma[q]);
-      }
-    }
+    box_stats<acc_t>(raw + c * s.L, s.Hs, s.Ws, kernel_size / 2, static_cast<acc_t>(eps),
+                     col_count, mu + c * s.L, sigma + c * s.L, col_count + s.Ws);
   }
 }
 
@@ -212,14 +290,13 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& content, const a
       const acc_t* mu = img.V.const_data_ptr<acc_t>();
       const acc_t* dmu = d_V.const_data_ptr<acc_t>();
       acc_t* dst = d_key.mutable_data_ptr<acc_t>();
+      acc_t* col_count = img.scratch.mutable_data_ptr<acc_t>();
+      acc_t* a = col_count + s.Ws;
+      column_counts<acc_t>(s.Ws, half, col_count);
       for (int64_t c = 0; c < s.C; ++c) {
         const int64_t o = c * s.L, o_sigma = (s.C + c) * s.L;
-        for (int64_t i = 0; i < s.Hs; ++i) {
-          for (int64_t j = 0; j < s.Ws; ++j) {
-            dst[o + i * s.Ws + j] += local_stats_grad<acc_t>(
-                raw + o, mu + o, mu + o_sigma, dmu + o, dmu + o_sigma, s.Hs, s.Ws, half, i, j);
-          }
-        }
+        box_stats_grad<acc_t>(raw + o, mu + o, mu + o_sigma, dmu + o, dmu + o_sigma, s.Hs, s.Ws,
+                              half, col_count, a, a + s.L, dst + o);
       }
       grad_style[b].copy_(d_key.view({s.C, s.Hs, s.Ws}));
     }
