@@ -32,4 +32,16 @@ TORCH_LIBRARY(seqclr_ext, m) {
   m.def(
       "tps_grid_sample_backward(Tensor grad_output, Tensor image, Tensor control_points, "
       "bool image_requires_grad) -> (Tensor grad_image, Tensor grad_control_points)");
+  // SimAN's similarity-aware normalization (DESIGN.md §3): content [B, C, H, W] takes the
+  // local statistics (k×k, eq. 1) of the style [B, C, H_s, W_s] positions it resembles.
+  // Also returns what the backward needs: every content position's log-sum-exp of the
+  // scores [B, H·W], and the instance-norm (mean, rstd) of content and style [B, 2, C]
+  // (float32, float64 for float64 inputs).
+  m.def(
+      "siman_normalize(Tensor content, Tensor style, int kernel_size, float eps) -> "
+      "(Tensor out, Tensor lse, Tensor content_stats, Tensor style_stats)");
+  m.def(
+      "siman_normalize_backward(Tensor grad_out, Tensor content, Tensor style, Tensor lse, "
+      "Tensor content_stats, Tensor style_stats, int kernel_size, float eps) -> "
+      "(Tensor grad_content, Tensor grad_style)");
 }

@@ -32,6 +32,11 @@ SCRIPT = textwrap.dedent(r"""
     loss = ops.nce_rows(rows, cols, inputs["positive"], inputs["exclude"], temperature=0.2)
     loss.backward(inputs["upstream"])
     out["nce_rows"] = (loss.detach(), rows.grad, cols.grad)
+    content = inputs["content"].clone().requires_grad_(True)
+    style = inputs["style"].clone().requires_grad_(True)
+    normalized = ops.siman_normalize(content, style, kernel_size=3, eps=1e-5)
+    normalized.backward(inputs["upstream_siman"])
+    out["siman_normalize"] = (normalized.detach(), content.grad, style.grad)
     torch.save(out, sys.argv[2])
 """)
 
@@ -49,8 +54,12 @@ def _inputs():
     exclude = (positive + 1) % 30
     exclude[::3] = -1
     upstream = torch.randn(10, **f64)
+    content = torch.randn(2, 3, 3, 4, **f64)
+    style = torch.randn(2, 3, 4, 5, **f64)
+    upstream_siman = torch.randn(2, 3, 3, 4, **f64)
     return dict(a=a, b=b, lengths=lengths, rows=rows, cols=cols, positive=positive,
-                exclude=exclude, upstream=upstream)
+                exclude=exclude, upstream=upstream, content=content, style=style,
+                upstream_siman=upstream_siman)
 
 
 def test_reference_mode_runs_and_matches_kernels(tmp_path):
@@ -87,3 +96,11 @@ def test_reference_mode_runs_and_matches_kernels(tmp_path):
                           ("loss", "grad rows", "grad cols")):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10,
                                    msg=lambda m: f"nce_rows: {what}: {m}")
+    content = inputs["content"].clone().requires_grad_(True)
+    style = inputs["style"].clone().requires_grad_(True)
+    normalized = ops.siman_normalize(content, style, kernel_size=3, eps=1e-5)
+    normalized.backward(inputs["upstream_siman"])
+    for x, y, what in zip(got["siman_normalize"], (normalized.detach(), content.grad, style.grad),
+                          ("output", "grad content", "grad style")):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10,
+                                   msg=lambda m: f"siman_normalize: {what}: {m}")
