@@ -7,11 +7,11 @@
 // result is deterministic without atomics. Everything accumulates in float32 (float64 for
 // float64 inputs).
 #include "seq_nce.h"
+#include "../cpu_parallel.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/amax.h>
 #include <ATen/ops/full.h>
@@ -51,7 +51,7 @@ template <typename acc_t>
 void nce_forward(const NceProblem& p, acc_t* loss, acc_t* lse) {
   const int64_t R = p.q.size(0), C = p.k.size(0);
   at::parallel_for(0, (R + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
-    const at::AutoDispatchBelowADInplaceOrView no_autograd;  // not inherited by workers
+    const PlainAtenGuard plain_aten;
     at::Tensor buf = at::empty({kRows, kCols}, p.q.options());
     at::Tensor block_max = at::empty({kRows, 1}, p.q.options());
     at::Tensor block_sum = at::empty({kRows}, p.q.options());
@@ -125,7 +125,7 @@ void nce_backward_rows(const NceProblem& p, const at::Tensor& gt, const at::Tens
                        bool symmetric, at::Tensor& grad_q) {
   const int64_t R = p.q.size(0), C = p.k.size(0);
   at::parallel_for(0, (R + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
-    const at::AutoDispatchBelowADInplaceOrView no_autograd;  // not inherited by workers
+    const PlainAtenGuard plain_aten;
     at::Tensor buf = at::empty({kRows, kCols}, p.q.options());
     at::Tensor scratch = symmetric ? at::empty({kRows, kCols}, p.q.options()) : at::Tensor();
     for (int64_t b = b0; b < b1; ++b) {
@@ -148,7 +148,7 @@ void nce_backward_cols(const NceProblem& p, const at::Tensor& gt, const at::Tens
                        at::Tensor& grad_k) {
   const int64_t R = p.q.size(0), C = p.k.size(0);
   at::parallel_for(0, (C + kCols - 1) / kCols, 1, [&](int64_t b0, int64_t b1) {
-    const at::AutoDispatchBelowADInplaceOrView no_autograd;  // not inherited by workers
+    const PlainAtenGuard plain_aten;
     at::Tensor buf = at::empty({kRows, kCols}, p.q.options());
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t c0 = b * kCols, nc = std::min(kCols, C - c0);

@@ -10,10 +10,10 @@
 // written by one thread in a fixed order, so the results are deterministic and do not
 // depend on the thread count. Everything accumulates in float32 (float64 for float64).
 #include "siman_normalize.h"
+#include "../cpu_parallel.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/addcmul.h>
 #include <ATen/ops/amax.h>
 #include <ATen/ops/empty.h>
@@ -199,7 +199,7 @@ void forward_cpu(const at::Tensor& content, const at::Tensor& style, int64_t ker
   const Shape s = shape_of(content, style);
   const auto acc = lse.options();
   at::parallel_for(0, s.B, 1, [&](int64_t b0, int64_t b1) {
-    const at::AutoDispatchBelowADInplaceOrView no_autograd;  // not inherited by workers
+    const PlainAtenGuard plain_aten;
     ImageBuffers img(s, acc);
     at::Tensor tile = at::empty({s.rows, s.L}, acc);
     at::Tensor aligned = at::empty({2 * s.C, s.rows}, acc);  // [μ̂; σ̂] of a tile
@@ -239,7 +239,7 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& content, const a
   const double sqrt_c = std::sqrt(double(s.C));
   const int64_t half = kernel_size / 2;
   at::parallel_for(0, s.B, 1, [&](int64_t b0, int64_t b1) {
-    const at::AutoDispatchBelowADInplaceOrView no_autograd;  // not inherited by workers
+    const PlainAtenGuard plain_aten;
     ImageBuffers img(s, acc);
     at::Tensor d_out = at::empty({2 * s.C, s.N}, acc);  // d loss / d [μ̂; σ̂] = [g; g ⊙ ĉ]
     at::Tensor d_ch = at::empty({s.C, s.N}, acc);

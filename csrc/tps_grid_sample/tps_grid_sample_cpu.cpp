@@ -10,12 +10,11 @@
 // d loss / d (source point) by P̂, so both gradients are deterministic without atomics.
 // Everything accumulates in float32 (float64 for float64 inputs).
 #include "tps_grid_sample.h"
+#include "../cpu_parallel.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/LegacyTypeDispatch.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -29,13 +28,6 @@ namespace seqclr_ext {
 namespace {
 
 constexpr int64_t kImagesPerTask = 16;
-
-// For the at::mm calls inside the kernels: plain ATen, below autograd and autocast (under
-// autocast the op's float32 GEMMs must not turn into bfloat16 ones).
-struct PlainAtenGuard {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  c10::impl::ExcludeDispatchKeyGuard no_autocast{c10::autocast_dispatch_keyset};
-};
 
 struct Plane4 {  // strides of a [B, C, H, W] tensor
   int64_t b, c, h, w;
@@ -93,7 +85,7 @@ void forward_cpu(const at::Tensor& image, const at::Tensor& Tt, const at::Tensor
   const scalar_t* img = image.const_data_ptr<scalar_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, tiles * chunks, 1, [&](int64_t i0, int64_t i1) {
-    PlainAtenGuard guard;  // at::mm below, inside a worker thread
+    const PlainAtenGuard plain_aten;  // at::mm below
     std::vector<BilinearTap<acc_t>> taps(tile);
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t p0 = (item / chunks) * tile, p1 = std::min(n, p0 + tile);
@@ -133,7 +125,7 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& image, const at:
   acc_t* gi = grad_image.defined() ? grad_image.mutable_data_ptr<acc_t>() : nullptr;
   acc_t* gT = grad_T.mutable_data_ptr<acc_t>();
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    PlainAtenGuard guard;  // at::mm below, inside a worker thread
+    const PlainAtenGuard plain_aten;  // at::mm below
     std::vector<BilinearTap<acc_t>> taps(tile);
     // d loss / d (source x, y) of a tile's pixels for the chunk's images: [2·images, tile].
     at::Tensor grad_src = at::empty({2 * kImagesPerTask, tile}, table.options());
