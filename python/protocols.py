@@ -18,7 +18,8 @@ from seqclr_ext.train.default import built_in_data, markdown_table, read_test_me
 from seqclr_ext.train.default import run_flags, run_once
 
 __all__ = ["DECODERS", "PRETRAINING", "METHODS", "slug", "parse_args", "built_in_data", "pretrain",
-           "train_and_test", "percent", "markdown_table", "write_report", "figure"]
+           "train_and_test", "percent", "markdown_table", "scores_table", "write_report",
+           "figure", "grouped_bars"]
 
 DECODERS = {"ctc": "CTC", "attention": "attention"}
 
@@ -88,6 +89,15 @@ def percent(fraction: float) -> str:
     return f"{100 * fraction:.1f}"
 
 
+def scores_table(results: dict, decoder_label: str) -> str:
+    """Markdown rows (encoder, decoder, word accuracy, ED1 accuracy, CER in %) of
+    ``results[(encoder, decoder)]`` (test metrics), in the dict's order."""
+    rows = [[name, DECODERS[decoder], percent(m["word_accuracy"]), percent(m["ed1_accuracy"]),
+             percent(m["cer"])] for (name, decoder), m in results.items()]
+    return markdown_table(["encoder", decoder_label, "word accuracy (%)", "ED1 accuracy (%)",
+                           "CER (%)"], rows)
+
+
 def write_report(config: dict, name: str, title: str, body: str) -> Path:
     """RUN_DIR/<name>.md: the title, the experiment's settings, then ``body``."""
     path = Path(config["run_dir"], f"{name}.md")
@@ -117,3 +127,20 @@ def figure(path: Path, ncols: int = 1, size: tuple[float, float] = (6.4, 4.0)):
         fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)
+
+
+def grouped_bars(ax, results: dict, names: list[str], decoders: list[str], metric: str,
+                 legend: str = "{}") -> None:
+    """One group of bars per encoder name, one bar per decoder: 100 · ``metric`` of
+    ``results[(name, decoder)]``, labelled with their values."""
+    import numpy as np
+    x = np.arange(len(names))
+    width = 0.8 / len(decoders)
+    for i, decoder in enumerate(decoders):
+        bars = ax.bar(x + (i - (len(decoders) - 1) / 2) * width,
+                      [100 * results[name, decoder][metric] for name in names], width,
+                      label=legend.format(DECODERS[decoder]))
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x, names, rotation=30 if len(names) > 3 else 0,
+                  ha="right" if len(names) > 3 else "center")
+    ax.set_ylim(bottom=0)

@@ -12,13 +12,13 @@ ED1 accuracy, CER on the test images) and RUN_DIR/siman_probe.png.
 
 Finished runs are reused: run it again to complete an interrupted table.
 """
-import numpy as np
-from protocols import (DECODERS, built_in_data, figure, markdown_table, parse_args, percent,
-                       pretrain, train_and_test, write_report)
+from protocols import (built_in_data, figure, grouped_bars, parse_args, pretrain, scores_table,
+                       train_and_test, write_report)
 
 NO_TPS = "--no-tps"
 # The encoders under the probe, each as the pretrain method and its flags.
-PRETRAINED = {"SimAN": ("SimAN", ()), "SeqCLR (R = V)": ("SeqCLR window", ("--representation", "V"))}
+PRETRAINED = {"SimAN": ("SimAN", ()),
+              "SeqCLR (R = V)": ("SeqCLR window", ("--representation", "V"))}
 # Encoder -> the name of its probe runs' folders (probe-<name>-<decoder>).
 ENCODERS = {"random init": "random", "SimAN": "siman", "SeqCLR (R = V)": "seqclr"}
 
@@ -34,24 +34,14 @@ def main(argv=None) -> int:
                    ["decoder-eval", NO_TPS, "--encoder", *weights[name], "--decoder", decoder])
                for decoder in config["decoders"] for name in ENCODERS}
 
-    rows = [[name, DECODERS[decoder], percent(m["word_accuracy"]), percent(m["ed1_accuracy"]),
-             percent(m["cer"])] for (name, decoder), m in results.items()]
-    table = markdown_table(["encoder", "probe", "word accuracy (%)", "ED1 accuracy (%)",
-                            "CER (%)"], rows)
+    table = scores_table(results, "probe")
     path = write_report(config, "siman_probe", "Probe evaluation (SimAN Table 1, small scale)",
                         "Frozen ResNet (no TPS stage); BiLSTM + decoder trained on all labels; "
                         f"scores on {data[1]}.\n\n{table}")
 
-    x = np.arange(len(ENCODERS))
-    width = 0.8 / len(config["decoders"])
     with figure(path.with_suffix(".png")) as (ax,):
-        for i, decoder in enumerate(config["decoders"]):
-            bars = ax.bar(x + (i - (len(config["decoders"]) - 1) / 2) * width,
-                          [100 * results[name, decoder]["word_accuracy"] for name in ENCODERS],
-                          width, label=f"{DECODERS[decoder]} probe")
-            ax.bar_label(bars, fmt="%.1f", fontsize=7)
-        ax.set_xticks(x, list(ENCODERS))
-        ax.set_ylim(bottom=0)
+        grouped_bars(ax, results, list(ENCODERS), config["decoders"], "word_accuracy",
+                     legend="{} probe")
         ax.set_ylabel("word accuracy (%)")
         ax.set_title("probe evaluation (frozen ResNet)")
         ax.legend()

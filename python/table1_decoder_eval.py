@@ -11,9 +11,8 @@ test images, one row per encoder and decoder) and RUN_DIR/table1.png.
 
 Finished runs are reused: run it again to complete an interrupted table.
 """
-import numpy as np
-from protocols import (DECODERS, PRETRAINING, built_in_data, figure, markdown_table,
-                       parse_args, percent, pretrain, slug, train_and_test, write_report)
+from protocols import (PRETRAINING, built_in_data, figure, grouped_bars, parse_args, pretrain,
+                       scores_table, slug, train_and_test, write_report)
 
 ENCODERS = ["random init", *PRETRAINING]
 
@@ -28,26 +27,15 @@ def main(argv=None) -> int:
                    ["decoder-eval", "--encoder", weights[name], "--decoder", decoder])
                for decoder in config["decoders"] for name in ENCODERS}
 
-    rows = [[name, DECODERS[decoder], percent(m["word_accuracy"]), percent(m["ed1_accuracy"]),
-             percent(m["cer"])] for (name, decoder), m in results.items()]
-    table = markdown_table(["encoder", "decoder", "word accuracy (%)", "ED1 accuracy (%)",
-                            "CER (%)"], rows)
+    table = scores_table(results, "decoder")
     path = write_report(config, "table1", "Decoder evaluation (SeqCLR Table 1, small scale)",
                         "Frozen pre-trained encoder, decoder trained on all labels; scores on "
                         f"{data[1]}.\n\n{table}")
 
-    x = np.arange(len(ENCODERS))
-    width = 0.8 / len(config["decoders"])
     with figure(path.with_suffix(".png"), ncols=2) as axes:
         for ax, (metric, label) in zip(axes, (("word_accuracy", "word accuracy (%)"),
                                               ("ed1_accuracy", "ED1 accuracy (%)"))):
-            for i, decoder in enumerate(config["decoders"]):
-                bars = ax.bar(x + (i - (len(config["decoders"]) - 1) / 2) * width,
-                              [100 * results[name, decoder][metric] for name in ENCODERS],
-                              width, label=DECODERS[decoder])
-                ax.bar_label(bars, fmt="%.1f", fontsize=7)
-            ax.set_xticks(x, ENCODERS, rotation=30, ha="right")
-            ax.set_ylim(bottom=0)
+            grouped_bars(ax, results, ENCODERS, config["decoders"], metric)
             ax.set_ylabel(label)
             ax.legend(title="decoder")
         axes[0].set_title("decoder evaluation (frozen encoder)")

@@ -250,6 +250,19 @@ __device__ BlockTile block_tile(const Operands<acc_t>& o) {
   return {b, (blockIdx.x % o.tiles) * kRows, c0, o.C - c0 < o.group ? o.C - c0 : o.group};
 }
 
+// Image b's ĉ [C, N], key [C, L] and V [2C, L].
+template <typename acc_t>
+struct ImageOperands {
+  const acc_t* ch;
+  const acc_t* key;
+  const acc_t* V;
+};
+
+template <typename acc_t>
+__device__ ImageOperands<acc_t> image_operands(const Operands<acc_t>& o, int64_t b) {
+  return {o.ch + b * o.C * o.N, o.key + b * o.C * o.L, o.V + b * 2 * o.C * o.L};
+}
+
 // Forward: out = σ̂ ⊙ ĉ + μ̂ and lse for one tile of content positions, online softmax over
 // the key tiles; accumulators [kRows][2·group] (interleaved μ̂, σ̂).
 template <typename scalar_t>
@@ -260,9 +273,7 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const Shared<acc_t> sm(smem_raw);
   const BlockTile t = block_tile(o);
-  const acc_t* ch = o.ch + t.b * o.C * o.N;
-  const acc_t* key = o.key + t.b * o.C * o.L;
-  const acc_t* V = o.V + t.b * 2 * o.C * o.L;
+  const auto [ch, key, V] = image_operands(o, t.b);
   acc_t* m = sm.row;
   acc_t* l = sm.row + kRows;
   acc_t* scale = sm.row + 2 * kRows;
@@ -335,9 +346,7 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const Shared<acc_t> sm(smem_raw);
   const BlockTile t = block_tile(o);
-  const acc_t* ch = o.ch + t.b * o.C * o.N;
-  const acc_t* key = o.key + t.b * o.C * o.L;
-  const acc_t* V = o.V + t.b * 2 * o.C * o.L;
+  const auto [ch, key, V] = image_operands(o, t.b);
   const acc_t* dO_b = dO + t.b * 2 * o.C * o.N;
   acc_t* row_lse = sm.row;
   acc_t* row_D = sm.row + kRows;
@@ -413,9 +422,7 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const Shared<acc_t> sm(smem_raw);
   const BlockTile t = block_tile(o);
-  const acc_t* ch = o.ch + t.b * o.C * o.N;
-  const acc_t* key = o.key + t.b * o.C * o.L;
-  const acc_t* V = o.V + t.b * 2 * o.C * o.L;
+  const auto [ch, key, V] = image_operands(o, t.b);
   const acc_t* dO_b = dO + t.b * 2 * o.C * o.N;
   const acc_t* lse_b = lse + t.b * o.N;
   const acc_t* D_b = D + t.b * o.N;
