@@ -75,20 +75,20 @@ def test_content_augmentation_never_moves_pixels():
 def test_generator_learns_a_fixed_batch():
     torch.manual_seed(0)
     model = SimAN(Recognizer(num_chars=10, preset="small"))
-    gen = torch.optim.Adam(model.generator_parameters(), 1e-3, betas=(0.5, 0.999))
-    disc = torch.optim.Adam(model.discriminator.parameters(), 1e-3, betas=(0.5, 0.999))
+    gen = torch.optim.Adam(model.generator_parameters(), 3e-4, betas=(0.5, 0.999))
+    disc = torch.optim.Adam(model.discriminator.parameters(), 3e-4, betas=(0.5, 0.999))
     # Smooth random images: structure that the trunk's features can carry.
     images = F.interpolate(torch.rand(8, 1, 4, 12) * 2 - 1, size=(32, 96), mode="bilinear")
     style, content, _ = crop_patches(images, None, torch.Generator().manual_seed(0))
     augmented = make_augment("siman")(content, None, torch.Generator().manual_seed(1))
     l2 = []
-    for _ in range(15):
+    for _ in range(20):
         loss, scalars, recovered = model.step(style, content, augmented, gen, disc)
         assert torch.isfinite(loss) and all(torch.isfinite(torch.tensor(v))
                                             for v in scalars.values())
         l2.append(scalars["l2"])
     assert recovered.shape == content.shape
-    assert max(l2[-3:]) < 0.6 * l2[0], l2
+    assert sum(l2[-5:]) / 5 < 0.4 * l2[0], l2     # GAN steps oscillate: a wide margin
     assert all(k.startswith("feature_extractor.") for k in model.encoder_state())
 
 
