@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 namespace seqclr_ext {
@@ -86,7 +87,10 @@ void forward_cpu(const at::Tensor& image, const at::Tensor& Tt, const at::Tensor
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, tiles * chunks, 1, [&](int64_t i0, int64_t i1) {
     const PlainAtenGuard plain_aten;  // at::mm below
-    std::vector<BilinearTap<acc_t>> taps(tile);
+    // Per pixel only what sampling a channel needs: the north-west offset and the four
+    // weights (compact, so a tile's taps stay in L1 across the channels).
+    std::vector<int64_t> offset(tile);
+    std::vector<std::array<acc_t, 4>> weight(tile);
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t p0 = (item / chunks) * tile, p1 = std::min(n, p0 + tile);
       const int64_t b0 = (item % chunks) * kImagesPerTask, b1 = std::min(B, b0 + kImagesPerTask);
@@ -95,13 +99,23 @@ void forward_cpu(const at::Tensor& image, const at::Tensor& Tt, const at::Tensor
       for (int64_t b = b0; b < b1; ++b) {
         const acc_t* sx = sp + 2 * (b - b0) * (p1 - p0);
         const acc_t* sy = sx + (p1 - p0);
-        for (int64_t p = 0; p < p1 - p0; ++p) taps[p] = bilinear_tap<acc_t>(sx[p], sy[p], H, W);
+        int64_t east = 0, south = 0;  // the same for every tap of an image
+        for (int64_t p = 0; p < p1 - p0; ++p) {
+          const BilinearTap<acc_t> t = bilinear_tap<acc_t>(sx[p], sy[p], H, W);
+          offset[p] = t.y0 * s.h + t.x0 * s.w;
+          weight[p] = {t.wx0 * t.wy0, t.wx1 * t.wy0, t.wx0 * t.wy1, t.wx1 * t.wy1};
+          east = t.nx * s.w;
+          south = t.ny * s.h;
+        }
         for (int64_t c = 0; c < C; ++c) {
           const scalar_t* plane = img + b * s.b + c * s.c;
           scalar_t* dst = op + (b * C + c) * n + p0;
-          for (int64_t p = 0; p < p1 - p0; ++p) {
+          for (int64_t p = 0; p < p1 - p0; ++p) {  // tap_value's sum, in its order
+            const scalar_t* q = plane + offset[p];
+            const auto& w = weight[p];
             dst[p] = static_cast<scalar_t>(
-                tap_value<acc_t>(tap_corners<scalar_t, acc_t>(plane, s.h, s.w, taps[p]), taps[p]));
+                static_cast<acc_t>(q[0]) * w[0] + static_cast<acc_t>(q[east]) * w[1] +
+                static_cast<acc_t>(q[south]) * w[2] + static_cast<acc_t>(q[south + east]) * w[3]);
           }
         }
       }
@@ -109,8 +123,7 @@ void forward_cpu(const at::Tensor& image, const at::Tensor& Tt, const at::Tensor
   });
 }
 
-// grad_out contiguous; grad_image (acc dtype, contiguous, zero-initialized; undefined when
-// not needed) and
+// grad_image (acc dtype, contiguous, zero-initialized; undefined when not needed) and
 // d loss / d T [B, K+3, 2] (acc dtype).
 template <typename scalar_t>
 void backward_cpu(const at::Tensor& grad_out, const at::Tensor& image, const at::Tensor& Tt,
@@ -119,7 +132,7 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& image, const at:
   const int64_t B = image.size(0), C = image.size(1), H = image.size(2), W = image.size(3);
   const int64_t W_out = grad_out.size(3), n = grad_out.size(2) * W_out, K3 = table.size(0);
   const int64_t tile = tile_pixels(W_out);
-  const Plane4 s = strides4(image);
+  const Plane4 s = strides4(image), sg = strides4(grad_out);
   const scalar_t* img = image.const_data_ptr<scalar_t>();
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   acc_t* gi = grad_image.defined() ? grad_image.mutable_data_ptr<acc_t>() : nullptr;
@@ -149,14 +162,18 @@ void backward_cpu(const at::Tensor& grad_out, const at::Tensor& image, const at:
           }
           for (int64_t c = 0; c < C; ++c) {
             const scalar_t* plane = img + b * s.b + c * s.c;
-            const scalar_t* g_tile = go + (b * C + c) * n + p0;
+            const scalar_t* g_plane = go + b * sg.b + c * sg.c;
             acc_t* gi_plane = gi ? gi + (b * C + c) * H * W : nullptr;
-            for (int64_t p = 0; p < np; ++p) {
-              const acc_t g = static_cast<acc_t>(g_tile[p]);
-              const auto v = tap_corners<scalar_t, acc_t>(plane, s.h, s.w, taps[p]);
-              tap_coord_grad<acc_t>(v, taps[p], g, gx[p], gy[p]);
-              if (gi_plane) {
-                tap_scatter<acc_t>(taps[p], W, g, [&](int64_t o, acc_t x) { gi_plane[o] += x; });
+            // Tiles are whole output rows; grad_out may be strided (e.g. expanded by sum()).
+            for (int64_t h = p0 / W_out, p = 0; p < np; ++h) {
+              const scalar_t* g_row = g_plane + h * sg.h;
+              for (int64_t w = 0; w < W_out; ++w, ++p) {
+                const acc_t g = static_cast<acc_t>(g_row[w * sg.w]);
+                const auto v = tap_corners<scalar_t, acc_t>(plane, s.h, s.w, taps[p]);
+                tap_coord_grad<acc_t>(v, taps[p], g, gx[p], gy[p]);
+                if (gi_plane) {
+                  tap_scatter<acc_t>(taps[p], W, g, [&](int64_t o, acc_t x) { gi_plane[o] += x; });
+                }
               }
             }
           }
@@ -209,7 +226,7 @@ std::tuple<at::Tensor, at::Tensor> tps_grid_sample_backward_cpu(
   check_tps_grid_sample_backward_args(grad_output, image, control_points);
   const TpsPlan plan = tps_plan(image, control_points);
   TpsGrads grads = tps_grad_buffers(plan, image, image_requires_grad);
-  const at::Tensor g = grad_output.to(plan.dtype).contiguous();
+  const at::Tensor g = grad_output.to(plan.dtype);
   if (g.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, plan.dtype,
                                     "tps_grid_sample_backward_cpu", [&] {
