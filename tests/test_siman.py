@@ -53,6 +53,11 @@ def test_narrow_images_are_stretched_and_counted():
     # The 5-column image fills both patches (stretched), never the zero padding.
     both = torch.cat([style[0], content[0]], dim=-1)
     assert both.min() >= 0 and both.max() <= 4 and both.max() > 3
+    # The stretch is F.interpolate's bilinear resize of the valid columns.
+    want = F.interpolate(images[:1, :, :, :5], size=(8, 16), mode="bilinear")
+    got = torch.cat([content[0], style[0]] if torch.equal(style[0], want[0, ..., 8:])
+                    else [style[0], content[0]], dim=-1)
+    torch.testing.assert_close(got, want[0])
 
 
 # --------------------------------------------------------------------------- augmentation

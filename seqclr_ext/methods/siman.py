@@ -16,6 +16,21 @@ from ..models.siman import PatchDecoder, PatchDiscriminator
 __all__ = ["SimAN", "crop_patches"]
 
 
+def _stretch(images, widths, out_width):
+    """Each image's valid columns [0, widths[i]) resized to ``out_width`` columns (bilinear,
+    like F.interpolate with align_corners=False), all images in one grid_sample."""
+    b, _, h, w = images.shape
+    dev, dt = images.device, images.dtype
+    cols = torch.arange(out_width, device=dev, dtype=dt)
+    src = ((cols + 0.5) * widths[:, None].to(dt) / out_width - 0.5)                  # [b, out]
+    src = torch.minimum(src.clamp(min=0), (widths[:, None] - 1).to(dt))
+    rows = (2 * torch.arange(h, device=dev, dtype=dt) + 1) / h - 1                   # row centres
+    grid = torch.stack(torch.broadcast_tensors((2 * src[:, None, :] + 1) / w - 1,
+                                               rows[None, :, None]), dim=-1)         # [b, h, out, 2]
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
 def crop_patches(images, widths=None, generator=None):
     """Two neighbouring H×H patches of every image (§3.1): -> (style, content, narrow).
 
@@ -28,12 +43,9 @@ def crop_patches(images, widths=None, generator=None):
     widths = (torch.full((b,), w, device=dev) if widths is None else widths.to(dev)).long()
     narrow = widths < 2 * h
     if narrow.any():
-        wide = F.pad(images, (0, max(0, 2 * h - w)))
-        for i in narrow.nonzero().flatten().tolist():
-            stretched = F.interpolate(images[i:i + 1, :, :, :int(widths[i])], size=(h, 2 * h),
-                                      mode="bilinear", align_corners=False)
-            wide[i, :, :, :2 * h] = stretched[0]
-        images, widths = wide, torch.where(narrow, 2 * h, widths)
+        images = F.pad(images, (0, max(0, 2 * h - w)))
+        images[narrow, :, :, :2 * h] = _stretch(images[narrow], widths[narrow], 2 * h)
+        widths = torch.where(narrow, 2 * h, widths)
     u = torch.rand(b, generator=generator, device=dev)
     start = (u * (widths - 2 * h + 1).to(u.dtype)).long()
     cols = start[:, None] + torch.arange(2 * h, device=dev)

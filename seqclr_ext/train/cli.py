@@ -15,7 +15,8 @@ Every subcommand but ``default`` also runs data-parallel on N GPUs (or CPU proce
 global batch (see ``distributed``).
 
 Subcommands live in modules listed in ``COMMANDS``; each defines ``NAME``, ``HELP``,
-``add_arguments(parser)`` and ``run(config: dict) -> int`` (exit status). Option values
+``add_arguments(parser)`` and ``run(config: dict) -> int`` (exit status), and optionally
+``resolve_defaults(config)`` for defaults that depend on other options. Option values
 are layered: parser defaults < ``--config`` YAML < the resumed run's saved config
 (``--resume``) < flags given on the command line.
 """
@@ -102,6 +103,9 @@ def parse(argv: Sequence[str] | None = None) -> dict:
                if not config.get(k)]
     if missing:
         sub.error(f"the following arguments are required: {', '.join(missing)}")
+    resolve = getattr(COMMANDS[args.command], "resolve_defaults", None)
+    if resolve is not None:  # defaults that depend on other options (e.g. the method)
+        resolve(config)
     return config
 
 

@@ -87,7 +87,7 @@ def run_once(argv: list[str], run_dir: Path, result: str) -> Path:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         differ = [f"{k}: {saved.get(k)!r}, not {v!r}" for k, v in config.items()
                   if k not in RUN_CONTROL_KEYS and k not in _EXECUTION_KEYS
-                  and v is not None and saved.get(k) != v]   # None: a per-method default
+                  and saved.get(k) != v]
         if differ:
             raise SystemExit(f"error: {run_dir} holds a run of other options "
                              f"({'; '.join(differ)}): remove it or choose another folder")

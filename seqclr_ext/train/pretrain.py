@@ -157,10 +157,14 @@ def step_generator(config: dict, step: int) -> torch.Generator:
     return torch.Generator(config["device"]).manual_seed(seed)
 
 
-def run(config: dict) -> int:
+def resolve_defaults(config: dict) -> None:
+    """The method's lr and batch size where the command line and YAML left them unset."""
     for key, value in METHOD_DEFAULTS[config["method"]].items():
         if config[key] is None:
             config[key] = value
+
+
+def run(config: dict) -> int:
     run_dir = Path(config["run_dir"])
     parts = [LmdbDataset(path, None, max_length=None) for path in config["train"]]
     for part in parts:
