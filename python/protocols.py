@@ -68,6 +68,8 @@ def parse_args(doc: str, run_dir: str, add_arguments=None, argv=None) -> dict:
 
 def pretrain(config: dict, train: Path, method: str, *flags: str) -> Path:
     """encoder.pt of a ``pretrain`` run of one of METHODS on ``train`` (with more ``flags``)."""
+    if method in PRETRAINING:  # the contrastive methods; SimAN keeps its Adam lr
+        flags = ("--lr", str(config["contrastive_lr"]), *flags)
     return run_once(["pretrain", *METHODS[method], *flags, "--train", str(train),
                      "--iterations", str(config["pretrain_steps"]), *run_flags(config)],
                     Path(config["run_dir"], f"pretrain-{slug(method)}"), "encoder.pt")

@@ -43,6 +43,10 @@ def add_arguments(p) -> None:
                    help="steps of each recognizer run (decoder evaluation, fine-tuning, "
                         "supervised)")
     p.add_argument("--batch-size", type=int, default=256 if _GPU else 64)
+    p.add_argument("--contrastive-lr", type=float, default=10.0 if _GPU else 1.0,
+                   help="AdaDelta lr of the SeqCLR / SimCLR pre-training runs (default: "
+                        "SeqCLR App. D's 10 on a GPU; 1 on CPU, where short small-batch runs "
+                        "at 10 collapse to a constant representation)")
     p.add_argument("--workers", type=int, default=4 if _GPU else 1)
     p.add_argument("--device", default="cuda" if _GPU else "cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
@@ -112,7 +116,7 @@ def run(config: dict) -> int:
     train, test = built_in_data(config)
     root = Path(config["run_dir"])
     flags = run_flags(config)
-    encoder = run_once(["pretrain", "--train", str(train),
+    encoder = run_once(["pretrain", "--train", str(train), "--lr", str(config["contrastive_lr"]),
                         "--iterations", str(config["pretrain_steps"]), *flags],
                        root / "pretrain-seqclr", "encoder.pt")
     rows = []
