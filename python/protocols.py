@@ -106,7 +106,8 @@ def write_report(config: dict, name: str, title: str, body: str) -> Path:
     settings = (f"Built-in scene-like data ({config['data_dir']}): {config['num_train']} "
                 f"training and {config['num_test']} test images (held-out fonts). Preset "
                 f"{config['preset']}, batch {config['batch_size']}, {config['pretrain_steps']} "
-                f"pre-training steps, {config['eval_steps']} steps per recognizer run, "
+                f"pre-training steps (SeqCLR / SimCLR at AdaDelta lr "
+                f"{config['contrastive_lr']:g}), {config['eval_steps']} steps per recognizer run, "
                 f"device {config['device']}. Runs in {config['run_dir']}.")
     path.write_text(f"# {title}\n\n{settings}\n\n{body}\n")
     return path

@@ -89,6 +89,18 @@ def test_table1_reuses_finished_runs_and_continues_interrupted_ones(table1, subp
     assert (runs / "table1.md").is_file()
 
 
+def test_table1_encoders_picks_rows_from_finished_runs(table1, subprocess_env):
+    runs = table1 / "runs"
+    checkpoints = {p: p.stat().st_mtime_ns for p in runs.glob("*/last.pt")}
+    proc = _drive("table1_decoder_eval.py", table1, subprocess_env,
+                  "--encoders", "SeqCLR window", "random init")
+    assert proc.returncode == 0, proc.stderr
+    _, rows = _table(runs / "table1.md")
+    assert [r[:2] for r in rows] == [[e, d] for d in DECODERS
+                                     for e in ("random init", "SeqCLR window")]
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/last.pt")} == checkpoints
+
+
 def test_table2_semi_supervised(table1, subprocess_env):
     runs = table1 / "runs"
     encoder = runs / "pretrain-seqclr-window" / "last.pt"
