@@ -3,9 +3,10 @@ runs of ``python -m seqclr_ext.train`` subcommands (in this process, each skippe
 result exists and continued when interrupted), the runs' test scores, the markdown report
 and the figure.
 
-Every run gets its own folder under --run-dir. Running a driver again with the same
+Every driver takes the options of ``python -m seqclr_ext.train default`` (the built-in data
+and its --style, --preset, --recipe, steps, device). Every run gets its own folder under --run-dir. Running a driver again with the same
 options completes what is missing and rewrites the report; a run folder holding a run of
-other options (sizes, steps, preset) is refused, so choose another --run-dir after
+other options (sizes, steps, preset, recipe) is refused, so choose another --run-dir after
 changing them. The sizes default to the ``default`` subcommand's: small preset on CPU, the
 paper's on a GPU.
 """
@@ -17,15 +18,16 @@ from seqclr_ext.train import default
 from seqclr_ext.train.default import built_in_data, markdown_table, read_test_metrics
 from seqclr_ext.train.default import run_flags, run_once
 
-__all__ = ["DECODERS", "PRETRAINING", "METHODS", "slug", "parse_args", "built_in_data", "pretrain",
-           "train_and_test", "percent", "markdown_table", "scores_table", "write_report",
-           "figure", "grouped_bars"]
+__all__ = ["DECODERS", "PRETRAINING", "METHODS", "slug", "parse_args", "built_in_data",
+           "pretrain", "run_flags", "run_once", "read_test_metrics", "train_and_test",
+           "percent", "markdown_table", "scores_table", "write_report", "figure",
+           "grouped_bars"]
 
 DECODERS = {"ctc": "CTC", "attention": "attention"}
 
 # --quick: a smoke run of the whole protocol, about a minute on two CPU cores.
-QUICK = dict(num_train=200, num_test=40, pretrain_steps=5, eval_steps=5, batch_size=8,
-             workers=0, preset="small")
+QUICK = dict(num_train=200, num_val=20, num_test=40, pretrain_steps=5, eval_steps=5,
+             batch_size=8, workers=0, preset="small")
 
 # Table 1's pre-training methods (SeqCLR §5): SimCLR contrasts the whole visual feature map
 # (R = V), SimCLR contextual the BiLSTM's (R = H); SeqCLR uses R = H, a BiLSTM projection
@@ -50,7 +52,7 @@ def parse_args(doc: str, run_dir: str, add_arguments=None, argv=None) -> dict:
     --decoders, --quick, and the driver's own ones (``add_arguments(parser)``)."""
     p = argparse.ArgumentParser(description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    default.add_arguments(p)
+    default.add_experiment_arguments(p)
     p.set_defaults(run_dir=run_dir)
     p.add_argument("--decoders", nargs="+", choices=DECODERS, default=list(DECODERS),
                    help="decoders of the recognizer runs")
@@ -68,23 +70,20 @@ def parse_args(doc: str, run_dir: str, add_arguments=None, argv=None) -> dict:
 
 def pretrain(config: dict, train: Path, method: str, *flags: str) -> Path:
     """encoder.pt of a ``pretrain`` run of one of METHODS on ``train`` (with more ``flags``)."""
-    if method in PRETRAINING:  # the contrastive methods; SimAN keeps its Adam lr
-        flags = ("--lr", str(config["contrastive_lr"]), *flags)
     return run_once(["pretrain", *METHODS[method], *flags, "--train", str(train),
                      "--iterations", str(config["pretrain_steps"]), *run_flags(config)],
                     Path(config["run_dir"], f"pretrain-{slug(method)}"), "encoder.pt")
 
 
-def train_and_test(config: dict, data: tuple[Path, Path], folder: str,
-                   argv: list[str]) -> dict[str, float]:
+def train_and_test(config: dict, data, folder: str, argv: list[str]) -> dict[str, float]:
     """Scores on the test set of a recognizer run (supervised, decoder-eval or finetune:
-    ``argv`` without data and sizes) trained for --eval-steps on the training set."""
-    train, test = data
+    ``argv`` without data and sizes) trained for --eval-steps on the training set of
+    ``data`` (``built_in_data``)."""
     run_dir = Path(config["run_dir"], folder)
-    run_once([*argv, "--train", str(train), "--test", str(test),
+    run_once([*argv, "--train", str(data.train), "--test", str(data.test),
               "--iterations", str(config["eval_steps"]), *run_flags(config)],
              run_dir, "test_metrics.json")
-    return read_test_metrics(run_dir, test)
+    return read_test_metrics(run_dir, data.test)
 
 
 def percent(fraction: float) -> str:
@@ -103,12 +102,12 @@ def scores_table(results: dict, decoder_label: str) -> str:
 def write_report(config: dict, name: str, title: str, body: str) -> Path:
     """RUN_DIR/<name>.md: the title, the experiment's settings, then ``body``."""
     path = Path(config["run_dir"], f"{name}.md")
-    settings = (f"Built-in scene-like data ({config['data_dir']}): {config['num_train']} "
+    batch = config["batch_size"] or "the recipe's"
+    settings = (f"Built-in {config['style']} data ({config['data_dir']}): {config['num_train']} "
                 f"training and {config['num_test']} test images (held-out fonts). Preset "
-                f"{config['preset']}, batch {config['batch_size']}, {config['pretrain_steps']} "
-                f"pre-training steps (SeqCLR / SimCLR at AdaDelta lr "
-                f"{config['contrastive_lr']:g}), {config['eval_steps']} steps per recognizer run, "
-                f"device {config['device']}. Runs in {config['run_dir']}.")
+                f"{config['preset']}, recipe {config['recipe']}, batch {batch}, "
+                f"{config['pretrain_steps']} pre-training steps, {config['eval_steps']} steps "
+                f"per recognizer run, device {config['device']}. Runs in {config['run_dir']}.")
     path.write_text(f"# {title}\n\n{settings}\n\n{body}\n")
     return path
 
@@ -116,11 +115,7 @@ def write_report(config: dict, name: str, title: str, body: str) -> Path:
 @contextmanager
 def figure(path: Path, ncols: int = 1, size: tuple[float, float] = (6.4, 4.0)):
     """Yields ``ncols`` side-by-side matplotlib axes, then saves the figure to ``path``."""
-    try:
-        import matplotlib
-    except ImportError as e:  # optional: only the drivers plot
-        raise SystemExit("error: the drivers need matplotlib: "
-                         "pip install 'seqclr_ext[drivers]'") from e
+    import matplotlib
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, ncols, figsize=(size[0] * ncols, size[1]), squeeze=False)

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     config = parse_args(__doc__, "runs/siman_probe", argv=argv)
     data = built_in_data(config)
     weights = {"random init": ["random", "--representation", "V"],
-               **{name: [str(pretrain(config, data[0], method, NO_TPS, *flags))]
+               **{name: [str(pretrain(config, data.train, method, NO_TPS, *flags))]
                   for name, (method, flags) in PRETRAINED.items()}}
     results = {(name, decoder): train_and_test(
                    config, data, f"probe-{ENCODERS[name]}-{decoder}",
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     table = scores_table(results, "probe")
     path = write_report(config, "siman_probe", "Probe evaluation (SimAN Table 1, small scale)",
                         "Frozen ResNet (no TPS stage); BiLSTM + decoder trained on all labels; "
-                        f"scores on {data[1]}.\n\n{table}")
+                        f"scores on {data.test}.\n\n{table}")
 
     with figure(path.with_suffix(".png")) as (ax,):
         grouped_bars(ax, results, list(ENCODERS), config["decoders"], "word_accuracy",

@@ -26,8 +26,8 @@ def main(argv=None) -> int:
     config = parse_args(__doc__, "runs/table1", _arguments, argv)
     encoders = [name for name in ENCODERS if name in config["encoders"]]
     data = built_in_data(config)
-    weights = {name: "random" if name == "random init" else str(pretrain(config, data[0], name))
-               for name in encoders}
+    weights = {name: "random" if name == "random init"
+               else str(pretrain(config, data.train, name)) for name in encoders}
     results = {(name, decoder): train_and_test(
                    config, data, f"decoder-eval-{slug(name)}-{decoder}",
                    ["decoder-eval", "--encoder", weights[name], "--decoder", decoder])
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     table = scores_table(results, "decoder")
     path = write_report(config, "table1", "Decoder evaluation (SeqCLR Table 1, small scale)",
                         "Frozen pre-trained encoder, decoder trained on all labels; scores on "
-                        f"{data[1]}.\n\n{table}")
+                        f"{data.test}.\n\n{table}")
 
     with figure(path.with_suffix(".png"), ncols=2) as axes:
         for ax, (metric, label) in zip(axes, (("word_accuracy", "word accuracy (%)"),

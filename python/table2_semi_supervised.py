@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     if bad:
         raise SystemExit(f"error: --fractions must lie in (0, 1], got {bad}")
     data = built_in_data(config)
-    encoder = config["encoder"] or str(pretrain(config, data[0], "SeqCLR window"))
+    encoder = config["encoder"] or str(pretrain(config, data.train, "SeqCLR window"))
     commands = {"supervised": ["supervised"],
                 "SeqCLR fine-tuned": ["finetune", "--encoder", encoder]}
     results = {(method, decoder, f): train_and_test(
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         config, "table2", "Semi-supervised fine-tuning (SeqCLR Table 2, small scale)",
         f"Recognizers trained on a fraction of the training labels (a fixed random subset, the "
         f"same for every run), from scratch or from the SeqCLR encoder {encoder}; scores (%) on "
-        f"{data[1]}.\n\n{table}")
+        f"{data.test}.\n\n{table}")
 
     with figure(path.with_suffix(".png")) as (ax,):
         for decoder in config["decoders"]:

@@ -1,8 +1,11 @@
 """SeqCLR: the Appendix B augmentations keep sequence alignment, heads and mappings give the
 right instance counts on ragged widths, and the pretrain -> decoder-eval / finetune CLI runs
 end to end, resumes exactly and keeps a frozen encoder frozen."""
+import json
+
 import pytest
 import torch
+import yaml
 
 from seqclr_ext.data.augment import OPERATIONS, SeqCLRAugment, make_augment
 from seqclr_ext.methods import SeqCLR
@@ -178,12 +181,19 @@ def test_decoder_eval_rejects_a_foreign_checkpoint(lmdb, tmp_path):
 
 
 def test_default_run_prints_the_table(tmp_path, capsys):
-    assert main(["default", "--data-dir", str(tmp_path / "data"), "--run-dir",
-                 str(tmp_path / "runs"), "--num-train", "48", "--num-test", "8",
+    runs = tmp_path / "runs"
+    assert main(["default", "--data-dir", str(tmp_path / "data"), "--run-dir", str(runs),
+                 "--num-train", "48", "--num-val", "8", "--num-test", "8",
                  "--pretrain-steps", "2", "--eval-steps", "2", "--batch-size", "8",
-                 "--workers", "1", "--no-progress"]) == 0
+                 "--label-fraction", "0.25", "--workers", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "| random init |" in out and "| SeqCLR |" in out
+    assert "| recognizer | word accuracy |" in out
+    assert "| supervised |" in out and "| SeqCLR fine-tuned |" in out
+    # Both rows learn from the same 12 labelled images; the fine-tuned one from the encoder.
+    subsets = [json.loads((runs / r / "label_subset.json").read_text())["indices"]
+               for r in ("supervised", "finetune-seqclr")]
+    assert len(subsets[0]) == 12 and subsets[0] == subsets[1]
+    assert "encoder" in yaml.safe_load((runs / "finetune-seqclr" / "config.yaml").read_text())
 
 
 def test_simclr_set_flips_and_crops_sometimes():

@@ -18,6 +18,7 @@ from seqclr_ext.data import (Charset, RecognitionCollate, ResumableBatchSampler,
 from seqclr_ext.models import CTCDecoder
 from seqclr_ext.train import rng_state, save_atomic, set_rng_state
 from seqclr_ext.train.cli import main, parse
+from seqclr_ext.train.common import RECOGNIZER_RECIPES
 
 WORDS = ["cat", "dog", "Hello", "42", "tree", "ok", "moon", "Sun!"]
 FAST = ["--device", "cpu", "--preset", "small", "--no-tps", "--batch-size", "4", "--workers", "0",
@@ -78,10 +79,14 @@ def test_attention_decoder_and_keep_ratio(data, tmp_path, capsys):
     assert len(preds.read_text().splitlines()) == 4
 
 
-def test_resume_is_exact(data, tmp_path, capsys):
+@pytest.mark.parametrize("optimizer,schedule", [("adadelta", "step"), ("adam", "cosine"),
+                                                ("adamw", "onecycle")])
+def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
     train, _ = data
-    assert _train(tmp_path / "straight", train) == 0
-    assert _train(tmp_path / "split", train, "--stop-after", "3") == 0
+    recipe = ["--optimizer", optimizer, "--schedule", schedule, "--warmup", "0.3",
+              "--lr-milestones", "0.5"]
+    assert _train(tmp_path / "straight", train, *recipe) == 0
+    assert _train(tmp_path / "split", train, *recipe, "--stop-after", "3") == 0
     assert torch.load(tmp_path / "split" / "last.pt", weights_only=False)["step"] == 3
     # Everything else comes from the run's saved config.
     assert main(["supervised", "--run-dir", str(tmp_path / "split"), "--resume"]) == 0
@@ -214,7 +219,8 @@ def test_yaml_config_and_flag_override(tmp_path):
     cfg.write_text("train: [a, b]\nrun-dir: r\nlr: 10\nbatch_size: 8\n")
     c = parse(["supervised", "--config", str(cfg), "--batch-size", "16"])
     assert c["train"] == ["a", "b"] and c["lr"] == 10 and c["batch_size"] == 16
-    assert c["rho"] == 0.95 and c["weight_decay"] == 1e-4 and c["grad_clip"] == 5
+    assert c["rho"] == 0.95 and c["grad_clip"] == 5
+    assert c["weight_decay"] == RECOGNIZER_RECIPES[c["recipe"]]["weight_decay"]
     assert parse(["supervised", "--config", str(cfg), "--train", "x"])["train"] == ["x"]
     cfg.write_text("trian: a\n")
     with pytest.raises(SystemExit):

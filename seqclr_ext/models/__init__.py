@@ -4,7 +4,7 @@ modelling, CTC and attention decoders, and the assembled ``Recognizer``; SimAN's
 decoder and discriminator."""
 from .heads import HEADS, ProjectionHead
 from .decoders import ATTN_EOS, ATTN_GO, CTC_BLANK, AttentionCell, AttentionDecoder, CTCDecoder
-from .recognizer import PRESETS, Recognizer, RecognizerConfig
+from .recognizer import DECODER_INPUTS, PRESETS, Recognizer, RecognizerConfig
 from .resnet import (MIN_WIDTH, RESNET_PRESETS, BasicBlock, ResNetFeatureExtractor,
                      frames_for_width)
 from .siman import PatchDecoder, PatchDiscriminator
@@ -13,7 +13,7 @@ from .sequence import (BidirectionalLSTM, SequenceModeling, length_mask, lengths
 from .tps import LOCALIZATION_PRESETS, TPSLocalization, TPSRectifier, resize_valid
 
 __all__ = [
-    "Recognizer", "RecognizerConfig", "PRESETS", "ProjectionHead", "HEADS",
+    "Recognizer", "RecognizerConfig", "PRESETS", "DECODER_INPUTS", "ProjectionHead", "HEADS",
     "TPSLocalization", "TPSRectifier", "resize_valid", "LOCALIZATION_PRESETS",
     "ResNetFeatureExtractor", "BasicBlock", "frames_for_width", "MIN_WIDTH", "RESNET_PRESETS",
     "BidirectionalLSTM", "SequenceModeling", "padded_to_packed", "packed_to_padded",

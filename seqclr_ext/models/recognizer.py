@@ -10,7 +10,9 @@ from .resnet import RESNET_PRESETS, ResNetFeatureExtractor, frames_for_width
 from .sequence import SequenceModeling
 from .tps import LOCALIZATION_PRESETS, TPSRectifier
 
-__all__ = ["Recognizer", "RecognizerConfig", "PRESETS"]
+__all__ = ["Recognizer", "RecognizerConfig", "PRESETS", "DECODER_INPUTS"]
+
+DECODER_INPUTS = ("H", "V", "HV")
 
 # Sizes per preset: "paper" = DTRB / SeqCLR Appendix D, "small" = same topology for CPU.
 PRESETS = {
@@ -35,7 +37,11 @@ class RecognizerConfig:
     sequence_model: bool = True         # 2-layer BiLSTM stage
     num_lstm_layers: int = 2
     decoder: str = "ctc"                # "ctc" or "attention"
-    decoder_input: str = "H"            # what the decoder reads: "H", "V" or "HV" (concat)
+    # What the decoder reads: "H" (DTRB), "V" or "HV" (both, concatenated). HV is the
+    # default: at init the BiLSTM's output barely depends on the image, and through it alone
+    # the ResNet gets ~25x less gradient (python/RESULTS.md), so H-only training sits on
+    # CTC's all-blank plateau for thousands of steps.
+    decoder_input: str = "HV"
     representation: str = "H"           # what encode() returns by default: R = "H" or "V"
     max_length: int = 25                # attention: longest word decoded
     resnet_output_channel: int | None = None
@@ -58,8 +64,9 @@ class RecognizerConfig:
         cfg = RecognizerConfig(**values)
         if cfg.decoder not in ("ctc", "attention"):
             raise ValueError(f"decoder must be 'ctc' or 'attention', got {cfg.decoder!r}")
-        if cfg.decoder_input not in ("H", "V", "HV"):
-            raise ValueError(f"decoder_input must be 'H', 'V' or 'HV', got {cfg.decoder_input!r}")
+        if cfg.decoder_input not in DECODER_INPUTS:
+            raise ValueError(f"decoder_input must be one of {DECODER_INPUTS}, "
+                             f"got {cfg.decoder_input!r}")
         if cfg.representation not in ("H", "V"):
             raise ValueError(f"representation must be 'H' or 'V', got {cfg.representation!r}")
         if cfg.num_chars < 1:

@@ -31,11 +31,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import decoder_eval, default, distributed, finetune, pretrain, supervised
+from . import decoder_eval, default, distributed, finetune, plot, pretrain, supervised
 
 __all__ = ["COMMANDS", "main", "parse", "RUN_CONTROL_KEYS"]
 
-COMMANDS = {m.NAME: m for m in (default, pretrain, decoder_eval, finetune, supervised)}
+COMMANDS = {m.NAME: m for m in (default, pretrain, decoder_eval, finetune, supervised,
+                                 plot)}
 
 # Options that steer one invocation and are not part of a run's saved config.
 RUN_CONTROL_KEYS = ("command", "config", "resume", "stop_after")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import signal
 import sys
@@ -14,13 +15,21 @@ import yaml
 from torch.utils.data import DataLoader
 
 from ..data import Charset, ResumableBatchSampler
-from ..models import Recognizer, RecognizerConfig
+from ..models import DECODER_INPUTS, PRESETS, Recognizer, RecognizerConfig
 from . import distributed
-from .trainer import Task, Trainer, TrainingDiverged
+from .plot import plot_run
+from .trainer import OPTIMIZERS, SCHEDULES, Task, Trainer, TrainingDiverged
 
 __all__ = ["Repeat", "add_trainer_arguments", "add_model_arguments", "make_charset",
            "make_recognizer", "seed_everything", "worker_ignore_sigterm", "resumable_loader",
            "run_task", "SIGTERM_EXIT"]
+
+HAS_CUDA = torch.cuda.is_available()
+# On a CPU, data loading in worker processes competes with torch's threads for the few
+# cores (one step took 10x longer with 4 workers beside 2 threads on 2 cores): load in
+# the training process there.
+DEFAULT_WORKERS = 4 if HAS_CUDA else 0
+DEFAULT_PRESET = "paper" if HAS_CUDA else "small"
 
 CHARSETS = {"printable": lambda: Charset.printable(),
             "french": lambda: Charset.printable(french=True),
@@ -38,12 +47,38 @@ class Repeat(argparse.Action):
         setattr(namespace, self.dest, items + [values])
 
 
+# The options a recipe sets (when neither the command line, --config nor a resumed run
+# gives them), and the recipes of recognizer training: "paper" is SeqCLR Appendix D,
+# "fast" the one measured to converge fastest on CPUs (python/RESULTS.md).
+RECIPE_KEYS = ("optimizer", "lr", "weight_decay", "schedule", "warmup", "lr_milestones",
+               "lr_gamma", "batch_size")
+RECOGNIZER_RECIPES = {
+    "paper": dict(optimizer="adadelta", lr=1.0, weight_decay=1e-4, schedule="step",
+                  warmup=0.0, lr_milestones=[0.6, 0.8], lr_gamma=0.1, batch_size=256),
+    "fast": dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, schedule="onecycle",
+                 warmup=0.05, lr_milestones=[], lr_gamma=0.1, batch_size=32),
+}
+DEFAULT_RECIPE = "fast"
+
+
+def apply_recipe(config: dict, recipes: dict[str, dict]) -> None:
+    """Fills the RECIPE_KEYS options left unset (None) from ``recipes[config["recipe"]]``."""
+    for key, value in recipes[config["recipe"]].items():
+        if config.get(key) is None:
+            config[key] = value
+
+
+def _recipe_help(recipes: dict[str, dict], key: str) -> str:
+    return "default: " + ", ".join(f"{value!r} with --recipe {name}" if key != "lr_milestones"
+                                   else f"{value or 'none'} with --recipe {name}"
+                                   for name, value in ((n, r[key]) for n, r in recipes.items()))
+
+
 def add_trainer_arguments(p: argparse.ArgumentParser, *, iterations: int,
-                          batch_size: int | None, lr: float | None = 1.0,
-                          per_method: str = "") -> None:
-    """Run, optimizer (SeqCLR Appendix D defaults), schedule and logging options.
-    ``batch_size`` / ``lr`` None: the subcommand picks them per method (``per_method``
-    says how, in --help)."""
+                          recipes: dict[str, dict]) -> None:
+    """Run, optimization and logging options. The optimization options of RECIPE_KEYS
+    default to None and are filled from ``recipes`` by ``apply_recipe`` after parsing
+    (their help lists each recipe's value)."""
     g = p.add_argument_group("run")
     g.add_argument("--config", help="YAML file of option: value (flags override it)")
     g.add_argument("--run-dir", help="folder for checkpoints, metrics.csv, tensorboard/")
@@ -51,11 +86,15 @@ def add_trainer_arguments(p: argparse.ArgumentParser, *, iterations: int,
                    help="continue the run in --run-dir from its last.pt, exactly")
     g.add_argument("--stop-after", type=int,
                    help="stop (and checkpoint) after this many steps in this invocation")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    g.add_argument("--device", default="cuda" if HAS_CUDA else "cpu",
                    help="torch device (under torchrun: cuda means cuda:LOCAL_RANK)")
     g.add_argument("--amp", choices=("off", "bf16"), default="off",
                    help="bf16: training forward and loss under torch.autocast(bfloat16)")
-    g.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
+    g.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help="DataLoader worker processes (0: load in the training process)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads of the training process (default: the CPU cores "
+                        "not taken by --workers, at least 1)")
     g.add_argument("--seed", type=int, default=0,
                    help="model init, data order and label subset")
     g.add_argument("--log-every", type=int, default=100, help="steps between train metrics")
@@ -65,33 +104,57 @@ def add_trainer_arguments(p: argparse.ArgumentParser, *, iterations: int,
                    help="metrics.csv only")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no tqdm bar")
-    g = p.add_argument_group("optimization (AdaDelta, SeqCLR Appendix D)")
+    h = lambda key: f" ({_recipe_help(recipes, key)})"  # noqa: E731
+    g = p.add_argument_group("optimization")
+    g.add_argument("--recipe", choices=tuple(recipes), default=DEFAULT_RECIPE,
+                   help="the defaults of the options below: paper = SeqCLR Appendix D "
+                        "(AdaDelta, lr ÷10 at 60 %% and 80 %%), fast = AdamW with a one-cycle "
+                        "schedule, the fastest to converge measured on CPUs")
     g.add_argument("--iterations", type=int, default=iterations, help="optimizer steps")
-    g.add_argument("--batch-size", type=int, default=batch_size,
+    g.add_argument("--batch-size", type=int,
                    help="images per optimizer step, over all processes: under torchrun "
-                        "each of the N processes loads batch-size / N"
-                        + (f" (default: {per_method})" if batch_size is None else ""))
-    g.add_argument("--lr", type=float, default=lr,
-                   help="initial learning rate" + (f" (default: {per_method})" if lr is None else ""))
+                        "each of the N processes loads batch-size / N" + h("batch_size"))
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer" + h("optimizer"))
+    g.add_argument("--lr", type=float, help="peak learning rate" + h("lr"))
+    g.add_argument("--weight-decay", type=float,
+                   help="AdaDelta / Adam: L2 penalty; AdamW: decoupled decay" + h("weight_decay"))
+    g.add_argument("--schedule", choices=SCHEDULES,
+                   help="lr schedule: step (× --lr-gamma at --lr-milestones), cosine (to 0), "
+                        "onecycle (PARSeq's: up from lr/25 over the warmup, down to "
+                        "lr/25e4)" + h("schedule"))
+    g.add_argument("--warmup", type=float,
+                   help="fraction of --iterations of lr warmup" + h("warmup"))
+    g.add_argument("--lr-milestones", type=float, nargs="*",
+                   help="step schedule: fractions of --iterations where the lr is multiplied "
+                        "by --lr-gamma" + h("lr_milestones"))
+    g.add_argument("--lr-gamma", type=float, help="step schedule: lr factor per milestone"
+                   + h("lr_gamma"))
     g.add_argument("--rho", type=float, default=0.95, help="AdaDelta decay rate")
     g.add_argument("--eps", type=float, default=1e-8, help="AdaDelta epsilon (DTRB)")
-    g.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty")
     g.add_argument("--grad-clip", type=float, default=5.0, help="max gradient norm; 0: off")
-    g.add_argument("--lr-milestones", type=float, nargs="*", default=[0.6, 0.8],
-                   help="fractions of --iterations where the lr is multiplied by --lr-gamma")
-    g.add_argument("--lr-gamma", type=float, default=0.1, help="lr factor per milestone")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recognizer")
     g.add_argument("--decoder", choices=("ctc", "attention"), default="attention",
                    help="text decoder")
-    g.add_argument("--preset", choices=("paper", "small"), default="paper",
-                   help="model sizes: DTRB / SeqCLR, or small for CPU")
+    g.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                   help="model sizes: paper = DTRB / SeqCLR; small and tiny for CPUs "
+                        "(default: paper with a GPU, small without)")
     g.add_argument("--tps", action=argparse.BooleanOptionalAction, default=True,
                    help="TPS rectification stage")
     g.add_argument("--bilstm", action=argparse.BooleanOptionalAction, default=True,
                    help="BiLSTM sequence-modelling stage")
+    g.add_argument("--decoder-input", choices=DECODER_INPUTS, default="HV",
+                   help="what the decoder reads: H (the BiLSTM's output, as DTRB), V (the "
+                        "ResNet's) or HV (both, concatenated: a shortcut past the BiLSTM "
+                        "that learns far faster; see python/RESULTS.md)")
+    g.add_argument("--channels", type=int,
+                   help="ResNet output channels (multiple of 16; default: the preset's)")
+    g.add_argument("--blocks", type=int, nargs=4, metavar="N",
+                   help="ResNet blocks per stage (default: the preset's)")
+    g.add_argument("--hidden-size", type=int,
+                   help="BiLSTM and attention hidden size (default: the preset's)")
     g.add_argument("--charset", choices=sorted(CHARSETS), default="printable",
                    help="95 printable ASCII symbols, + French accents, or [0-9a-z]")
     g.add_argument("--max-length", type=int, default=25, help="longest label kept / decoded")
@@ -110,7 +173,10 @@ def make_recognizer(config: dict, charset: Charset) -> Recognizer:
     return Recognizer(RecognizerConfig(
         num_chars=len(charset), preset=config["preset"], tps=config["tps"],
         sequence_model=config["bilstm"], decoder=config["decoder"],
-        image_size=(config["height"], config["width"]), max_length=config["max_length"]))
+        decoder_input=config["decoder_input"], image_size=(config["height"], config["width"]),
+        max_length=config["max_length"], resnet_output_channel=config["channels"],
+        resnet_layers=config["blocks"], hidden_size=config["hidden_size"],
+        attention_hidden_size=config["hidden_size"]))
 
 
 def seed_everything(seed: int) -> None:
@@ -149,9 +215,21 @@ def _saved_config(config: dict) -> dict:
 SIGTERM_EXIT = 128 + signal.SIGTERM
 
 
+def set_threads(config: dict) -> int:
+    """torch's CPU threads: --threads, or this process's share of the cores (under torchrun,
+    cores / processes) less one per DataLoader worker, at least 1. Returns the count."""
+    threads = config.get("threads")
+    if not threads:
+        cores = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        threads = max(1, cores - config["workers"])
+    torch.set_num_threads(threads)
+    return threads
+
+
 def run_task(config: dict, task: Task) -> int:
     """Build the Trainer, resume if asked, train; returns the process exit status: 0 when
     done or paused by --stop-after, 1 diverged, 2 refused, SIGTERM_EXIT on SIGTERM."""
+    set_threads(config)
     run_dir = Path(config["run_dir"])
     trainer = Trainer(task, _saved_config(config), run_dir, progress=config["progress"])
     if config["resume"]:
@@ -168,6 +246,8 @@ def run_task(config: dict, task: Task) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if distributed.is_main() and trainer.step > 0:
+        distributed.log(f"curves: {plot_run(run_dir)}")
     if status == "terminated":
         distributed.log(f"SIGTERM: saved {trainer.last_path} at step {trainer.step}; "
                         "continue with --resume")

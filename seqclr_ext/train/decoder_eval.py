@@ -19,9 +19,12 @@ import torch.nn as nn
 
 from ..models import Recognizer, RecognizerConfig
 from . import distributed
-from .common import add_model_arguments, add_trainer_arguments, make_charset, make_recognizer
-from .common import seed_everything
-from .supervised import add_data_arguments, train_recognizer
+from .common import (RECOGNIZER_RECIPES, add_model_arguments, add_trainer_arguments,
+                     make_charset, make_recognizer, seed_everything)
+from .supervised import add_data_arguments, resolve_defaults, train_recognizer
+
+__all__ = ["NAME", "HELP", "REQUIRED", "add_arguments", "resolve_defaults", "run",
+           "run_protocol", "load_encoder"]
 
 NAME = "decoder-eval"
 HELP = "decoder evaluation: freeze a pre-trained encoder, train a CTC/attention decoder"
@@ -36,7 +39,7 @@ def add_arguments(p) -> None:
                         "an encoder.pt says its own")
     add_data_arguments(p)
     add_model_arguments(p)
-    add_trainer_arguments(p, iterations=50_000, batch_size=256)
+    add_trainer_arguments(p, iterations=50_000, recipes=RECOGNIZER_RECIPES)
 
 
 def _freeze(module: nn.Module) -> None:

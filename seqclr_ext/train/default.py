@@ -1,14 +1,19 @@
 """``default`` (also what ``python -m seqclr_ext.train`` runs with no arguments): the
-built-in demonstration of SeqCLR on the built-in data, end to end.
+built-in demonstration of SeqCLR's promise, end to end — pre-training on unlabeled images
+makes a better recognizer from few labels (SeqCLR Table 2's semi-supervised setting).
 
-1. renders the built-in scene-like splits into DATA_DIR (reused when present),
-2. pre-trains a recognizer's encoder with SeqCLR (window-to-instance, BiLSTM head) on the
-   scene-train images without their labels,
-3. runs the decoder evaluation (frozen encoder, CTC decoder trained on the labels) for the
-   SeqCLR encoder and for a randomly initialized one,
-4. prints the two rows' scene-test metrics.
+1. renders the built-in data (scene-like by default) into DATA_DIR (reused when present):
+   training images, a validation set (training fonts, another seed) and a test set
+   (held-out fonts and words),
+2. pre-trains the recognizer's encoder with SeqCLR (window-to-instance, BiLSTM head) on all
+   the training images without their labels,
+3. trains a recognizer on ``--label-fraction`` of the labels twice — from scratch
+   (supervised) and from the SeqCLR encoder (fine-tuning) — with the same labelled subset
+   and the same number of steps,
+4. prints the two rows' test scores as a markdown table, what they mean and where the runs
+   are.
 
-The defaults (small preset on CPU, the paper preset on a GPU) finish in minutes; every size
+The defaults (small preset on CPU, the paper's sizes on a GPU) finish in minutes; every size
 is an option. Running it again reuses the finished runs and continues an interrupted one.
 The helpers below (built-in data, run a subcommand once, read its test scores, markdown)
 also serve the experiment drivers in python/.
@@ -16,66 +21,108 @@ also serve the experiment drivers in python/.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
-import torch
 import yaml
 
 from ..data import render_split
+from ..models import PRESETS
+from .common import (DEFAULT_PRESET, DEFAULT_RECIPE, DEFAULT_WORKERS, HAS_CUDA,
+                     RECOGNIZER_RECIPES)
 
 NAME = "default"
-HELP = "the built-in demo: render data, SeqCLR pre-training, decoder evaluation, table"
+HELP = ("the built-in demo: render data, SeqCLR pre-training, supervised vs SeqCLR "
+        "fine-tuning on few labels, table")
 REQUIRED = ()
 
-_GPU = torch.cuda.is_available()
+STYLES = ("scene", "hand")
+
+
+def add_experiment_arguments(p) -> None:
+    """The options the demo shares with the experiment drivers in python/: the built-in
+    data, the model size, the steps of each run and how the runs execute."""
+    g = p.add_argument_group("data (the built-in renderer)")
+    g.add_argument("--data-dir", default="runs/data",
+                   help="where the built-in LMDBs are rendered (reused when present)")
+    g.add_argument("--style", choices=STYLES, default="scene",
+                   help="scene-like (print fonts) or handwriting-like text")
+    g.add_argument("--num-train", type=int, default=20_000,
+                   help="training images (the unlabeled pool of pre-training too)")
+    g.add_argument("--num-val", type=int, default=500,
+                   help="validation images (training fonts, another seed)")
+    g.add_argument("--num-test", type=int, default=1_000,
+                   help="test images (held-out fonts and words)")
+    g = p.add_argument_group("runs")
+    g.add_argument("--run-dir", help="folder of the runs")
+    g.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                   help="recognizer sizes (default: paper with a GPU, small without)")
+    g.add_argument("--recipe", choices=tuple(RECOGNIZER_RECIPES), default=DEFAULT_RECIPE,
+                   help="optimization recipe of every run (see train supervised --help)")
+    g.add_argument("--pretrain-steps", type=int, default=5_000 if HAS_CUDA else 600,
+                   help="steps of each pre-training run")
+    g.add_argument("--eval-steps", type=int, default=5_000 if HAS_CUDA else 600,
+                   help="steps of each recognizer run (decoder evaluation, fine-tuning, "
+                        "supervised)")
+    g.add_argument("--batch-size", type=int,
+                   help="batch of every run (default: the recipe's for each kind of run)")
+    g.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help="DataLoader worker processes per run (0: in the training process)")
+    g.add_argument("--device", default="cuda" if HAS_CUDA else "cpu", help="torch device")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--data-dir", default="runs/data", help="built-in data (rendered if missing)")
-    p.add_argument("--run-dir", default="runs/default", help="folder of the runs")
-    p.add_argument("--num-train", type=int, default=20_000, help="scene-train images")
-    p.add_argument("--num-test", type=int, default=1_000, help="scene-test images")
-    p.add_argument("--preset", choices=("paper", "small"), default="paper" if _GPU else "small")
-    p.add_argument("--pretrain-steps", type=int, default=5_000 if _GPU else 250,
-                   help="steps of each pre-training run")
-    p.add_argument("--eval-steps", type=int, default=5_000 if _GPU else 250,
-                   help="steps of each recognizer run (decoder evaluation, fine-tuning, "
-                        "supervised)")
-    p.add_argument("--batch-size", type=int, default=256 if _GPU else 64)
-    p.add_argument("--contrastive-lr", type=float, default=10.0 if _GPU else 1.0,
-                   help="AdaDelta lr of the SeqCLR / SimCLR pre-training runs (default: "
-                        "SeqCLR App. D's 10 on a GPU; 1 on CPU, where short small-batch runs "
-                        "at 10 collapse to a constant representation)")
-    p.add_argument("--workers", type=int, default=4 if _GPU else 1)
-    p.add_argument("--device", default="cuda" if _GPU else "cpu")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    add_experiment_arguments(p)
+    p.set_defaults(run_dir="runs/default")
+    p.add_argument("--label-fraction", type=float, default=0.1,
+                   help="fraction of the training labels the two recognizers learn from")
 
 
-def built_in_data(config: dict) -> tuple[Path, Path]:
-    """The scene-train and scene-test LMDBs of config's sizes in config["data_dir"],
-    rendered once and reused."""
-    paths = []
-    for split, num in (("scene-train", config["num_train"]), ("scene-test", config["num_test"])):
-        path = Path(config["data_dir"], f"{split}-{num}.lmdb")
+class BuiltInData(NamedTuple):
+    train: Path
+    val: Path
+    test: Path
+
+
+def built_in_data(config: dict) -> BuiltInData:
+    """The style's training, validation and test LMDBs of config's sizes in
+    config["data_dir"], rendered once and reused. Validation images are more of the
+    training split (its fonts and words) from another seed; test images come from the
+    held-out fonts and words."""
+    style = config["style"]
+    splits = {"train": (f"{style}-train", 0, config["num_train"]),
+              "val": (f"{style}-train", 1, config["num_val"]),
+              "test": (f"{style}-test", 0, config["num_test"])}
+    paths = {}
+    for part, (split, seed, num) in splits.items():
+        name = split if seed == 0 else f"{style}-val"
+        path = paths[part] = Path(config["data_dir"], f"{name}-{num}.lmdb")
         if not (path / "data.mdb").exists():
-            print(render_split(split, path, num, workers=max(1, config["workers"]),
+            print(render_split(split, path, num, seed=seed, workers=2,
                                progress=config["progress"]), file=sys.stderr)
-        paths.append(path)
-    return paths[0], paths[1]
+    return BuiltInData(**paths)
 
 
-def run_flags(config: dict) -> list[str]:
-    """The options every run of an experiment shares (model size, batch, device)."""
-    flags = ["--preset", config["preset"], "--batch-size", str(config["batch_size"]),
+def run_flags(config: dict, *, validate: bool = False) -> list[str]:
+    """The options every run of an experiment shares (model size, recipe, device)."""
+    flags = ["--preset", config["preset"], "--recipe", config["recipe"],
              "--workers", str(config["workers"]), "--device", config["device"],
-             "--val-every", "0", "--log-every", "50", "--no-tensorboard"]
+             "--log-every", "50", "--no-tensorboard"]
+    if config.get("batch_size"):
+        flags += ["--batch-size", str(config["batch_size"])]
+    if not validate:
+        flags += ["--val-every", "0"]
     return flags if config["progress"] else [*flags, "--no-progress"]
 
 
 # Options that change how a run executes, not what it computes: a finished run is reused
 # whatever they were.
-_EXECUTION_KEYS = {"workers", "device", "progress", "tensorboard", "log_every", "save_every"}
+_EXECUTION_KEYS = {"workers", "threads", "device", "progress", "tensorboard", "log_every",
+                   "save_every"}
 
 
 def run_once(argv: list[str], run_dir: Path, result: str) -> Path:
@@ -112,22 +159,53 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
                       *("| " + " | ".join(map(str, row)) + " |" for row in rows)])
 
 
+METRICS = {"word accuracy": "word_accuracy", "ED1 accuracy": "ed1_accuracy", "CER": "cer",
+           "1 - NED": "one_minus_ned"}
+
+
 def run(config: dict) -> int:
-    train, test = built_in_data(config)
+    if not 0 < config["label_fraction"] <= 1:
+        raise SystemExit(f"error: --label-fraction must lie in (0, 1], got "
+                         f"{config['label_fraction']}")
+    data = built_in_data(config)
     root = Path(config["run_dir"])
-    flags = run_flags(config)
-    encoder = run_once(["pretrain", "--train", str(train), "--lr", str(config["contrastive_lr"]),
-                        "--iterations", str(config["pretrain_steps"]), *flags],
+    encoder = run_once(["pretrain", "--train", str(data.train),
+                        "--iterations", str(config["pretrain_steps"]), *run_flags(config)],
                        root / "pretrain-seqclr", "encoder.pt")
+    labels = ["--label-fraction", str(config["label_fraction"])]
+    runs = {"supervised": (root / "supervised", ["supervised"]),
+            "SeqCLR fine-tuned": (root / "finetune-seqclr",
+                                  ["finetune", "--encoder", str(encoder)])}
     rows = []
-    for name, weights in (("random init", "random"), ("SeqCLR", str(encoder))):
-        run_dir = root / f"decoder-eval-{name.split()[0].lower()}"
-        run_once(["decoder-eval", "--encoder", weights, "--train", str(train), "--test",
-                  str(test), "--decoder", "ctc", "--iterations", str(config["eval_steps"]),
-                  *flags], run_dir, "test_metrics.json")
-        m = read_test_metrics(run_dir, test)
-        rows.append([name, *(f"{m[k]:.4f}" for k in
-                             ("word_accuracy", "ed1_accuracy", "cer", "one_minus_ned"))])
-    print(f"\nDecoder evaluation (frozen encoder, CTC decoder), {test}:")
-    print(markdown_table(["encoder", "word accuracy", "ED1 accuracy", "CER", "1 - NED"], rows))
+    for name, (run_dir, argv) in runs.items():
+        # The first run writes the labelled subset; the second trains on the very same one.
+        subset = runs["supervised"][0] / "label_subset.json"
+        same = ["--label-subset", str(subset)] if name != "supervised" else []
+        run_once([*argv, "--train", str(data.train), "--val", str(data.val), "--test",
+                  str(data.test), "--decoder", "ctc", *labels, *same,
+                  "--iterations", str(config["eval_steps"]),
+                  "--val-every", str(max(1, config["eval_steps"] // 4)),
+                  *run_flags(config, validate=True)], run_dir, "test_metrics.json")
+        m = read_test_metrics(run_dir, data.test)
+        rows.append([name, *(f"{100 * m[k]:.1f} %" if k != "one_minus_ned" else f"{m[k]:.3f}"
+                             for k in METRICS.values())])
+    labelled = len(json.loads(subset.read_text())["indices"])
+    print(f"\nRecognizers trained on {labelled} labelled images "
+          f"({100 * config['label_fraction']:g} % of {data.train.name}) for "
+          f"{config['eval_steps']} steps each, CTC decoder, {config['preset']} preset; "
+          f"scores on {data.test} (fonts and words held out from training):\n")
+    print(markdown_table(["recognizer", *METRICS], rows))
+    print(f"\n- supervised: trained from random initialization on the labelled images only.\n"
+          f"- SeqCLR fine-tuned: its encoder first pre-trained with SeqCLR for "
+          f"{config['pretrain_steps']} steps on all {config['num_train']} training images "
+          f"without labels ({encoder}), then trained end to end on the same labelled images.\n"
+          f"Runs, checkpoints and curves: {root}/. The paper's sizes (a GPU): "
+          f"{shlex.join(PAPER_SIZE)}")
     return 0
+
+
+# The same experiment at the paper's sizes (SeqCLR Appendix D: paper preset, long runs).
+PAPER_SIZE = ["python", "-m", "seqclr_ext.train", "default", "--preset", "paper",
+              "--recipe", "paper", "--num-train", "200000", "--pretrain-steps", "100000",
+              "--eval-steps", "50000", "--device", "cuda", "--workers", "8",
+              "--run-dir", "runs/default-paper"]

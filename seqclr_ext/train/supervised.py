@@ -13,8 +13,9 @@ from ..data import LmdbDataset, RecognitionCollate, load_or_make_subset
 from ..evaluate import evaluate_dataset, format_table, predict
 from ..metrics import evaluate as score
 from . import distributed
-from .common import (Repeat, add_model_arguments, add_trainer_arguments, make_charset,
-                     make_recognizer, resumable_loader, run_task, seed_everything)
+from .common import (RECOGNIZER_RECIPES, Repeat, add_model_arguments, add_trainer_arguments,
+                     apply_recipe, make_charset, make_recognizer, resumable_loader, run_task,
+                     seed_everything)
 from .trainer import Task
 
 NAME = "supervised"
@@ -41,7 +42,11 @@ def add_data_arguments(p) -> None:
 def add_arguments(p) -> None:
     add_data_arguments(p)
     add_model_arguments(p)
-    add_trainer_arguments(p, iterations=50_000, batch_size=256)
+    add_trainer_arguments(p, iterations=50_000, recipes=RECOGNIZER_RECIPES)
+
+
+def resolve_defaults(config: dict) -> None:
+    apply_recipe(config, RECOGNIZER_RECIPES)
 
 
 def training_set(config: dict, charset, run_dir: Path):

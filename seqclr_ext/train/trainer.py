@@ -1,5 +1,5 @@
-"""The training loop shared by every subcommand: AdaDelta + step-decay schedule (SeqCLR
-Appendix D), gradient clipping, atomic checkpoints with exact resume, best-validation
+"""The training loop shared by every subcommand: AdaDelta, Adam or AdamW with a step,
+cosine or one-cycle schedule (``make_optimizer``, ``lr_factor``), gradient clipping, atomic checkpoints with exact resume, best-validation
 checkpoint, tqdm progress, TensorBoard + CSV metrics, SIGTERM handling, divergence stop,
 DistributedDataParallel under torchrun (see ``distributed``) and bf16 autocast.
 
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import distributed
 
 __all__ = ["Task", "Trainer", "TrainingDiverged", "save_atomic", "rng_state", "set_rng_state",
-           "make_optimizer", "make_scheduler"]
+           "OPTIMIZERS", "SCHEDULES", "make_optimizer", "lr_factor", "make_scheduler"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -72,19 +72,55 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+OPTIMIZERS = ("adadelta", "adam", "adamw")
+SCHEDULES = ("step", "cosine", "onecycle")
+
+
 def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
-    """AdaDelta with SeqCLR Appendix D's settings as the config defaults."""
-    return torch.optim.Adadelta(params, lr=cfg["lr"], rho=cfg["rho"], eps=cfg["eps"],
-                                weight_decay=cfg["weight_decay"])
+    """``cfg["optimizer"]`` (default adadelta, SeqCLR Appendix D): AdaDelta (lr, rho, eps,
+    weight_decay as an L2 penalty), Adam (L2 penalty) or AdamW (decoupled weight decay)."""
+    name = cfg.get("optimizer", "adadelta")
+    if name == "adadelta":
+        return torch.optim.Adadelta(params, lr=cfg["lr"], rho=cfg["rho"], eps=cfg["eps"],
+                                    weight_decay=cfg["weight_decay"])
+    if name in ("adam", "adamw"):
+        kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return kind(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def _cosine_between(a: float, b: float, fraction: float) -> float:
+    return b + (a - b) * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
+
+
+def lr_factor(step: int, cfg: dict) -> float:
+    """The lr multiplier of optimizer step ``step`` (0-based) of ``cfg["iterations"]``:
+    a linear warmup from 0 over the first ``warmup`` fraction, then
+    - "step": × ``lr_gamma`` at each fraction of the steps in ``lr_milestones``
+      (Appendix D: ÷10 after 60 % and 80 %);
+    - "cosine": half a cosine from 1 to 0 at the last step;
+    - "onecycle": PARSeq's one-cycle shape (torch's OneCycleLR, cosine both ways): from
+      1/25 up to 1 over the warmup, then down to 1/25e4 at the last step."""
+    schedule, total = cfg.get("schedule", "step"), cfg["iterations"]
+    warm = int(cfg.get("warmup", 0.0) * total)
+    if schedule == "step":
+        factor = cfg["lr_gamma"] ** sum(step >= int(f * total) for f in cfg["lr_milestones"] or ())
+        return factor * min(1.0, (step + 1) / warm) if warm else factor
+    if schedule == "cosine":
+        if step < warm:
+            return (step + 1) / warm
+        return _cosine_between(1.0, 0.0, (step - warm) / max(1, total - 1 - warm))
+    if schedule == "onecycle":
+        start, end, peak = 1 / 25, 1 / 25e4, max(0, warm - 1)   # torch's phase boundaries
+        if step < peak:
+            return _cosine_between(start, 1.0, step / peak)
+        return _cosine_between(1.0, end, (step - peak) / max(1, total - 1 - peak))
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
 def make_scheduler(optimizer, cfg: dict):
-    """Learning rate × ``lr_gamma`` at each fraction of ``iterations`` in ``lr_milestones``
-    (Appendix D: ÷10 after 60 % and 80 %); None without milestones."""
-    milestones = sorted({int(f * cfg["iterations"]) for f in cfg.get("lr_milestones") or ()})
-    if not milestones:
-        return None
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg["lr_gamma"])
+    """The schedule of :func:`lr_factor`, stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
 
 
 @dataclass
@@ -96,7 +132,7 @@ class Task:
     torchrun, whose forward sets up the gradient averaging; ``validate()`` returns
     metrics, of which ``best_metric`` (higher is better) selects ``best.pt``.
 
-    By default the Trainer makes one AdaDelta optimizer (+ step schedule) over the model's
+    By default the Trainer makes one optimizer (+ schedule) of the config over the model's
     parameters and does the step itself (zero_grad, backward, clipping). A task that
     optimizes differently (SimAN's alternating generator / discriminator updates with Adam)
     passes its own ``optimizers`` / ``schedulers`` by name (all saved and resumed) and a
@@ -153,8 +189,8 @@ class _Metrics:
 class Trainer:
     """Runs ``task`` for ``config["iterations"]`` optimizer steps in ``run_dir``.
 
-    Config keys used: iterations, lr, rho, eps, weight_decay, grad_clip, lr_milestones,
-    lr_gamma, log_every, val_every, save_every, device, tensorboard, amp. ``run_dir/last.pt``
+    Config keys used: iterations, optimizer, lr, rho, eps, weight_decay, schedule, warmup,
+    lr_milestones, lr_gamma, grad_clip, log_every, val_every, save_every, device, tensorboard, amp. ``run_dir/last.pt``
     is written every ``save_every`` steps, at the end, when fit() stops early and on
     SIGTERM; ``best.pt`` whenever validation improves.
 
@@ -195,6 +231,8 @@ class Trainer:
         self.best = -math.inf
         self.progress = progress
         self._stop_signal = None
+        self.last_validation: dict[str, float] = {}
+        self.elapsed = 0.0       # wall seconds of fit() so far, over resumes
         self.saved_step = None   # step of the last.pt this process wrote or resumed from
 
     @property
@@ -205,7 +243,8 @@ class Trainer:
         return {"model": self.model.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in self.schedulers.items() if s},
-                "step": self.step, "best": self.best, "rng": rng_state(),
+                "step": self.step, "best": self.best, "elapsed": self.elapsed,
+                "rng": rng_state(),
                 "data": {"consumed_batches": self.step}, "config": self.config,
                 **self.task.extra_state}
 
@@ -225,6 +264,7 @@ class Trainer:
             if scheduler is not None:
                 scheduler.load_state_dict(ckpt["schedulers"][name])
         self.step, self.best = ckpt["step"], ckpt["best"]
+        self.elapsed = ckpt["elapsed"]
         self.saved_step = self.step
         set_rng_state(ckpt["rng"])
 
@@ -239,8 +279,10 @@ class Trainer:
             values = self.task.validate()
         finally:
             self.model.train()
+        self.last_validation = values
         if metrics is not None:
-            metrics.log(self.step, {f"val/{k}": v for k, v in values.items()})
+            metrics.log(self.step, {**{f"val/{k}": v for k, v in values.items()},
+                                    "val/elapsed_s": self.elapsed})
             tqdm.write(f"step {self.step}: "
                        + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
         score = values.get(self.task.best_metric)
@@ -262,6 +304,7 @@ class Trainer:
                    disable=not (self.progress and self.main), dynamic_ncols=True)
         self.model.train()
         status = "done"
+        start = time.monotonic() - self.elapsed
         try:
             batches = self.task.batches(self.step)
             while self.step < stop_at:
@@ -277,13 +320,15 @@ class Trainer:
                     if scheduler is not None:
                         scheduler.step()
                 self.step += 1
+                self.elapsed = time.monotonic() - start
                 bar.update(1)
                 if metrics is not None and (self.step % cfg["log_every"] == 0
                                             or self.step == stop_at):
                     values = {"train/loss": loss.item(), "train/lr": lr,
-                              **{f"train/{k}": v for k, v in extra.items()}}
+                              **{f"train/{k}": v for k, v in extra.items()},
+                              "train/elapsed_s": self.elapsed}
                     metrics.log(self.step, values)
-                    bar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{lr:.3g}")
+                    bar.set_postfix(self._postfix(values["train/loss"], lr))
                 val_every = cfg.get("val_every")
                 if val_every and (self.step % val_every == 0 or self.step == total):
                     self._validate(metrics)
@@ -302,6 +347,14 @@ class Trainer:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
         return status
+
+    def _postfix(self, loss: float, lr: float) -> dict[str, str]:
+        """The progress bar's figures: loss, lr and the last validation's best_metric."""
+        shown = {"loss": f"{loss:.4f}", "lr": f"{lr:.3g}"}
+        score = self.last_validation.get(self.task.best_metric)
+        if score is not None:
+            shown[f"val {self.task.best_metric}"] = f"{score:.4f}"
+        return shown
 
     def _default_step(self, batch, clip: float) -> tuple[torch.Tensor, dict[str, float]]:
         """loss (under bf16 autocast with amp "bf16"), backward, clip, step of the single
