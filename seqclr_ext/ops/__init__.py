@@ -26,10 +26,10 @@ def _load_library():
         spec = importlib.util.find_spec("seqclr_ext._C")
         if spec is None or spec.origin is None:
             raise ImportError(
-                "seqclr_ext's compiled kernels (seqclr_ext._C) are not built: run "
-                "`pip install --no-build-isolation .` (and import the installed package, "
-                "not the source folder), or set SEQCLR_EXT_REFERENCE=1 to use the "
-                "plain-PyTorch references")
+                f"seqclr_ext's compiled kernels (seqclr_ext._C) are not built next to "
+                f"{os.path.dirname(os.path.dirname(__file__))}: run `pip install --no-build-isolation -e .` "
+                "in the repository (it builds them in place), or set "
+                "SEQCLR_EXT_REFERENCE=1 to use the plain-PyTorch references")
         path = spec.origin
     torch.ops.load_library(path)
 
