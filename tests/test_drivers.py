@@ -157,3 +157,21 @@ def test_siman_probe(tmp_path, subprocess_env):
                             weights_only=False)["model"]
         for k, v in encoder["encoder_state"].items():
             assert torch.equal(probed[k], v), k
+
+
+def test_convergence(tmp_path, subprocess_env):
+    proc = _drive("convergence.py", tmp_path, subprocess_env, "--styles", "scene",
+                  "--val-every", "2")
+    assert proc.returncode == 0, proc.stderr
+    runs = tmp_path / "runs"
+    header, rows = _table(runs / "convergence.md")
+    assert header[:6] == ["style", "recipe", "decoder", "test word acc. (%)", "test CER (%)",
+                          "wall time (min)"]
+    assert [r[:3] for r in rows] == [["scene", recipe, decoder] for recipe in ("fast", "paper")
+                                     for decoder in DECODERS]
+    for style, recipe, decoder, acc, cer, *_ in rows:
+        m = _scores(runs / f"{style}-{recipe}-{DECODERS[decoder]}")
+        assert [acc, cer] == [_percent(m[k]) for k in ("word_accuracy", "cer")]
+        config = (runs / f"{style}-{recipe}-{DECODERS[decoder]}" / "config.yaml").read_text()
+        assert f"recipe: {recipe}" in config
+    _check_png(runs / "convergence.png")

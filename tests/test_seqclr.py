@@ -182,7 +182,8 @@ def test_decoder_eval_rejects_a_foreign_checkpoint(lmdb, tmp_path):
 
 def test_default_run_prints_the_table(tmp_path, capsys):
     runs = tmp_path / "runs"
-    assert main(["default", "--data-dir", str(tmp_path / "data"), "--run-dir", str(runs),
+    # Options without a subcommand go to the demo, as no arguments do.
+    assert main(["--data-dir", str(tmp_path / "data"), "--run-dir", str(runs),
                  "--num-train", "48", "--num-val", "8", "--num-test", "8",
                  "--pretrain-steps", "2", "--eval-steps", "2", "--batch-size", "8",
                  "--label-fraction", "0.25", "--workers", "1", "--no-progress"]) == 0

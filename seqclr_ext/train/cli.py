@@ -112,7 +112,9 @@ def parse(argv: Sequence[str] | None = None) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    config = parse(argv or ["default"])  # no arguments: the built-in demo
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["default", *argv]  # no subcommand: the built-in demo, with these options
+    config = parse(argv)
     if config["command"] == "default" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SystemExit("error: default runs in one process; under torchrun run its "
                          "pretrain and decoder-eval steps")

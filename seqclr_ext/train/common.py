@@ -139,7 +139,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decoder", choices=("ctc", "attention"), default="attention",
                    help="text decoder")
     g.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
-                   help="model sizes: paper = DTRB / SeqCLR; small and tiny for CPUs "
+                   help="model sizes: paper = DTRB / SeqCLR; small for CPUs "
                         "(default: paper with a GPU, small without)")
     g.add_argument("--tps", action=argparse.BooleanOptionalAction, default=True,
                    help="TPS rectification stage")

@@ -68,6 +68,8 @@ def add_experiment_arguments(p) -> None:
                         "supervised)")
     g.add_argument("--batch-size", type=int,
                    help="batch of every run (default: the recipe's for each kind of run)")
+    g.add_argument("--width", type=int, default=100,
+                   help="image width of every run (height 32); wider reads long words better")
     g.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                    help="DataLoader worker processes per run (0: in the training process)")
     g.add_argument("--device", default="cuda" if HAS_CUDA else "cpu", help="torch device")
@@ -111,7 +113,7 @@ def run_flags(config: dict, *, validate: bool = False) -> list[str]:
     """The options every run of an experiment shares (model size, recipe, device)."""
     flags = ["--preset", config["preset"], "--recipe", config["recipe"],
              "--workers", str(config["workers"]), "--device", config["device"],
-             "--log-every", "50", "--no-tensorboard"]
+             "--width", str(config["width"]), "--log-every", "50", "--no-tensorboard"]
     if config.get("batch_size"):
         flags += ["--batch-size", str(config["batch_size"])]
     if not validate:
