@@ -71,8 +71,9 @@ def main(argv=None) -> int:
         f"# Convergence of supervised training (built-in data)\n\n"
         f"{config['num_train']} training, {config['num_val']} validation (training fonts) "
         f"and {config['num_test']} test images (held-out fonts and words) per style; preset "
-        f"{config['preset']}, {config['eval_steps']} steps per run, device "
-        f"{config['device']}. Runs in {config['run_dir']}.\n\n{table}\n")
+        f"{config['preset']}, 32×{config['width']} images, batch "
+        f"{config['batch_size'] or 'of the recipe'}, {config['eval_steps']} steps per run, "
+        f"device {config['device']}. Runs in {config['run_dir']}.\n\n{table}\n")
 
     with figure(path.with_suffix(".png"), ncols=len(config["styles"])) as axes:
         for ax, style in zip(axes, config["styles"]):

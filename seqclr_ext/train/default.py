@@ -61,13 +61,15 @@ def add_experiment_arguments(p) -> None:
                    help="recognizer sizes (default: paper with a GPU, small without)")
     g.add_argument("--recipe", choices=tuple(RECOGNIZER_RECIPES), default=DEFAULT_RECIPE,
                    help="optimization recipe of every run (see train supervised --help)")
-    g.add_argument("--pretrain-steps", type=int, default=5_000 if HAS_CUDA else 600,
+    # CPU defaults: the demo's three runs fit 10 minutes on 2 cores (measured, README).
+    g.add_argument("--pretrain-steps", type=int, default=5_000 if HAS_CUDA else 300,
                    help="steps of each pre-training run")
-    g.add_argument("--eval-steps", type=int, default=5_000 if HAS_CUDA else 600,
+    g.add_argument("--eval-steps", type=int, default=5_000 if HAS_CUDA else 900,
                    help="steps of each recognizer run (decoder evaluation, fine-tuning, "
                         "supervised)")
-    g.add_argument("--batch-size", type=int,
-                   help="batch of every run (default: the recipe's for each kind of run)")
+    g.add_argument("--batch-size", type=int, default=None if HAS_CUDA else 32,
+                   help="batch of every run (default: 32 on a CPU; with a GPU the recipe's "
+                        "for each kind of run)")
     g.add_argument("--width", type=int, default=100,
                    help="image width of every run (height 32); wider reads long words better")
     g.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
