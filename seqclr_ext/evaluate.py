@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from . import checkpoints
 from .data import Charset, LmdbDataset, RecognitionCollate
 from .metrics import evaluate as score
 from .models import Recognizer, RecognizerConfig
@@ -29,9 +30,7 @@ METRICS = ("word_accuracy", "ed1_accuracy", "cer", "wer", "one_minus_ned")
 
 def load_checkpoint(path, device="cpu") -> tuple[Recognizer, Charset, dict]:
     """A training checkpoint -> (recognizer in eval mode on ``device``, charset, checkpoint)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "model_config" not in ckpt or "charset" not in ckpt:
-        raise ValueError(f"{path} is not a recognizer checkpoint (no model_config/charset)")
+    ckpt = checkpoints.load(path, "recognizer")
     model = Recognizer(RecognizerConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     charset = Charset(ckpt["charset"]["symbols"],
@@ -92,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--predictions", help="write 'dataset<TAB>label<TAB>prediction' lines here")
     args = p.parse_args(argv)
 
-    model, charset, ckpt = load_checkpoint(args.checkpoint, args.device)
+    try:
+        model, charset, ckpt = load_checkpoint(args.checkpoint, args.device)
+    except checkpoints.CheckpointError as e:
+        raise SystemExit(f"error: --checkpoint {e}") from None
     collate = collate_for(ckpt)
     mode = "RGB" if ckpt["model_config"].get("in_channels", 1) == 3 else "L"
     results, lines = {}, []

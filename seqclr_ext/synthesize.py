@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from . import checkpoints
 from .data import write_lmdb
 from .data.render import FONT_ROOT
 from .methods import SimAN
@@ -37,11 +38,8 @@ PLAIN_FONT = FONT_ROOT / "truetype/dejavu/DejaVuSans.ttf"   # Debian fonts-dejav
 
 def load_generator(path, device="cpu") -> tuple[SimAN, dict]:
     """``last.pt`` of a ``pretrain --method siman`` run -> (SimAN in eval mode, config)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    config = ckpt.get("config", {})
-    if config.get("method") != "siman":
-        raise SystemExit(f"error: --checkpoint {path}: not a checkpoint of "
-                         f"`pretrain --method siman` (method {config.get('method')!r})")
+    ckpt = checkpoints.load(path, "siman")
+    config = ckpt["config"]
     model = SimAN(make_recognizer(config, make_charset(config)),
                   kernel_size=config["siman_kernel"], l2_weight=config["l2_weight"])
     model.load_state_dict(ckpt["model"])
@@ -122,7 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   if line.strip()]
     if not texts:
         p.error("give at least one --text or a --texts file")
-    model, _ = load_generator(args.checkpoint, args.device)
+    try:
+        model, _ = load_generator(args.checkpoint, args.device)
+    except checkpoints.CheckpointError as e:
+        raise SystemExit(f"error: --checkpoint {e}") from None
     styles = [Image.open(path) for path in args.style]
     samples = ((synthesize(model, style, text, width=args.width, font_path=args.font), text)
                for style in styles for text in texts)

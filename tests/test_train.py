@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from seqclr_ext import checkpoints
 from seqclr_ext import evaluate as evaluate_cli
 from seqclr_ext.data import (Charset, RecognitionCollate, ResumableBatchSampler, label_subset,
-                             load_or_make_subset)
+                             load_or_make_subset, write_lmdb)
 from seqclr_ext.models import CTCDecoder
-from seqclr_ext.train import rng_state, save_atomic, set_rng_state
+from seqclr_ext.train import rng_state, set_rng_state
 from seqclr_ext.train.cli import main, parse
 from seqclr_ext.train.common import RECOGNIZER_RECIPES
 
@@ -52,7 +53,7 @@ def test_cli_end_to_end(data, tmp_path, subprocess_env):
     assert rows[0] == "step,time,tag,value"
     tags = {r.split(",")[2] for r in rows[1:]}
     assert {"train/loss", "train/lr", "val/word_accuracy", "val/cer"} <= tags
-    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt = checkpoints.load(run / "last.pt", checkpoints.KINDS)
     assert ckpt["step"] == 6 and ckpt["config"]["decoder"] == "ctc"
     assert set(ckpt["rng"]) == {"python", "numpy", "torch", "cuda"}
     assert ckpt["data"] == {"consumed_batches": 6} and ckpt["schedulers"]["main"]
@@ -87,12 +88,12 @@ def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
               "--lr-milestones", "0.5"]
     assert _train(tmp_path / "straight", train, *recipe) == 0
     assert _train(tmp_path / "split", train, *recipe, "--stop-after", "3") == 0
-    assert torch.load(tmp_path / "split" / "last.pt", weights_only=False)["step"] == 3
+    assert checkpoints.load(tmp_path / "split" / "last.pt", checkpoints.KINDS)["step"] == 3
     # Everything else comes from the run's saved config.
     assert main(["supervised", "--run-dir", str(tmp_path / "split"), "--resume"]) == 0
     assert "resumed" in capsys.readouterr().err
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    a = checkpoints.load(tmp_path / "straight" / "last.pt", checkpoints.KINDS)
+    b = checkpoints.load(tmp_path / "split" / "last.pt", checkpoints.KINDS)
     assert a["step"] == b["step"] == 6
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -116,7 +117,7 @@ def test_bf16_autocast_step_is_finite(data, tmp_path, command):
     rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
     losses = [float(value) for _, _, tag, value in rows if tag == "train/loss"]
     assert len(losses) == 1 and math.isfinite(losses[0])
-    assert torch.load(run / "last.pt", weights_only=False)["config"]["amp"] == "bf16"
+    assert checkpoints.load(run / "last.pt", checkpoints.KINDS)["config"]["amp"] == "bf16"
 
 
 def test_rng_state_round_trip():
@@ -155,17 +156,16 @@ def test_label_fraction_subset(data, tmp_path):
 
 def test_save_atomic_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_atomic({"step": 1}, path)
+    checkpoints.save({"step": 1}, path, "recognizer")
 
-    def broken_save(obj, f):
-        f.write(b"partial garbage")
+    def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", broken_save)
+    monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        save_atomic({"step": 2}, path)
+        checkpoints.save({"step": 2}, path, "recognizer")
     monkeypatch.undo()
-    assert torch.load(path)["step"] == 1
+    assert checkpoints.load(path, "recognizer")["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
 
 
@@ -198,7 +198,7 @@ def test_sigterm_saves_and_exits(data, tmp_path, monkeypatch, capsys):
     train, _ = data
     assert _train(tmp_path / "run", train, "--decoder", "ctc") == 128 + signal.SIGTERM
     assert "SIGTERM" in capsys.readouterr().err
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 2
+    assert checkpoints.load(tmp_path / "run" / "last.pt", checkpoints.KINDS)["step"] == 2
 
 
 def test_collate():

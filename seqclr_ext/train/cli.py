@@ -28,9 +28,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 import yaml
 
+from .. import checkpoints
 from . import decoder_eval, default, distributed, finetune, plot, pretrain, supervised
 
 __all__ = ["COMMANDS", "main", "parse", "RUN_CONTROL_KEYS"]
@@ -92,7 +92,7 @@ def parse(argv: Sequence[str] | None = None) -> dict:
         last = Path(args.run_dir or defaults.get("run_dir") or "", "last.pt")
         if not last.is_file():
             raise SystemExit(f"error: --resume: no checkpoint at {last}")
-        saved = torch.load(last, map_location="cpu", weights_only=False)["config"]
+        saved = checkpoints.load(last, checkpoints.TRAINING_KINDS)["config"]
         defaults.update({k: v for k, v in saved.items()
                          if k in valid and k not in RUN_CONTROL_KEYS})
     if defaults:
@@ -112,9 +112,12 @@ def parse(argv: Sequence[str] | None = None) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    config = parse(argv or ["default"])  # no arguments: the built-in demo
-    if config["command"] == "default" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SystemExit("error: default runs in one process; under torchrun run its "
-                         "pretrain and decoder-eval steps")
-    with distributed.session(config):
-        return COMMANDS[config["command"]].run(config)
+    try:
+        config = parse(argv or ["default"])  # no arguments: the built-in demo
+        if config["command"] == "default" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SystemExit("error: default runs in one process; under torchrun run its "
+                             "pretrain and decoder-eval steps")
+        with distributed.session(config):
+            return COMMANDS[config["command"]].run(config)
+    except checkpoints.CheckpointError as e:  # a user's file, not a bug: no traceback
+        raise SystemExit(f"error: {e}") from None
