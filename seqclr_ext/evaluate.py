@@ -5,7 +5,8 @@
 
 Prints word accuracy, accuracy up to one edit (ED1), CER, WER and 1 − NED per dataset.
 Every sample of the LMDB is scored (no charset / length filtering): labels the model
-cannot spell count as errors.
+cannot spell count as errors, and so do unreadable images (as empty predictions; their
+number is reported).
 """
 from __future__ import annotations
 
@@ -47,13 +48,17 @@ def collate_for(ckpt: dict) -> RecognitionCollate:
 
 @torch.no_grad()
 def predict(model: Recognizer, charset: Charset, loader, device) -> tuple[list[str], list[str]]:
-    """Greedy predictions and the (charset-normalized) labels over a loader's batches."""
+    """Greedy predictions and the (charset-normalized) labels over a loader's batches; a
+    sample without an image (unreadable) is predicted as the empty string."""
     was_training = model.training
     model.eval()
     preds, labels = [], []
     for batch in loader:
-        widths = batch["widths"].to(device) if batch["widths"] is not None else None
-        preds += [charset.decode(ids) for ids in model.predict(batch["images"].to(device), widths)]
+        found = iter(())
+        if len(batch["images"]):
+            widths = batch["widths"].to(device) if batch["widths"] is not None else None
+            found = iter(model.predict(batch["images"].to(device), widths))
+        preds += [charset.decode(next(found)) if ok else "" for ok in batch["readable"]]
         labels += [charset.normalize(lab) for lab in batch["labels"]]
     model.train(was_training)
     return preds, labels
@@ -61,11 +66,13 @@ def predict(model: Recognizer, charset: Charset, loader, device) -> tuple[list[s
 
 def evaluate_dataset(model, charset, path, collate, *, device="cpu", batch_size=128,
                      workers=0, alphanumeric=False, mode="L"):
-    """-> (metrics dict of seqclr_ext.metrics.evaluate, predictions, labels)."""
-    dataset = LmdbDataset(path, None, max_length=None, mode=mode)
+    """-> (metrics dict of seqclr_ext.metrics.evaluate + ``unreadable``, the number of
+    samples scored as empty predictions for want of a readable image; predictions, labels)."""
+    dataset = LmdbDataset(path, None, max_length=None, mode=mode, skip_unreadable=False)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     preds, labels = predict(model, charset, loader, device)
-    return score(preds, labels, alphanumeric=alphanumeric), preds, labels
+    metrics = score(preds, labels, alphanumeric=alphanumeric)
+    return {**metrics, "unreadable": dataset.stats.unreadable}, preds, labels
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -74,6 +81,8 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     for name, m in results.items():
         rows.append(f"{name[-30:]:<30} {m['samples']:>8d} "
                     + " ".join(f"{m[k]:>13.4f}" for k in METRICS))
+    rows += [f"{name}: unreadable: {m['unreadable']} (scored as wrong, empty predictions)"
+             for name, m in results.items() if m.get("unreadable")]
     return "\n".join(rows)
 
 

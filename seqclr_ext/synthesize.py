@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import checkpoints
 from .data import write_lmdb
+from .data.lmdb_dataset import to_mode
 from .data.render import FONT_ROOT
 from .methods import SimAN
 from .train.common import make_charset, make_recognizer
@@ -61,7 +62,7 @@ def render_plain(text: str, height: int, font_path=PLAIN_FONT) -> Image.Image:
 
 def _to_tensor(image: Image.Image, channels: int, height: int) -> torch.Tensor:
     """PIL -> [1, C, height, W ≥ height] in [-1, 1], resized to the height keeping the ratio."""
-    image = image.convert("RGB" if channels == 3 else "L")
+    image = to_mode(image, "RGB" if channels == 3 else "L")
     width = max(height, round(image.width * height / max(1, image.height)))
     array = np.asarray(image.resize((width, height), Image.BICUBIC), dtype=np.float32)
     array = array[:, :, None] if array.ndim == 2 else array

@@ -80,6 +80,25 @@ def test_attention_decoder_and_keep_ratio(data, tmp_path, capsys):
     assert len(preds.read_text().splitlines()) == 4
 
 
+def test_evaluation_scores_every_sample(data, tmp_path, capsys):
+    """An unreadable test image is one wrong (empty) prediction of its own label, not a
+    second scoring of the next sample."""
+    train, _ = data
+    assert _train(tmp_path / "run", train, "--decoder", "ctc", iterations=1) == 0
+    word = Image.new("L", (40, 20), 255)
+    write_lmdb(tmp_path / "test", [(word, "cat"), (b"not an image", "dog"), (word, "Hello")])
+    preds = tmp_path / "preds.tsv"
+    out = tmp_path / "m.json"
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--data",
+                              str(tmp_path / "test"), "--predictions", str(preds),
+                              "--json", str(out)]) == 0
+    assert f"{tmp_path / 'test'}: unreadable: 1" in capsys.readouterr().out
+    rows = [line.split("\t") for line in preds.read_text().splitlines()]
+    assert [r[1] for r in rows] == ["cat", "dog", "Hello"] and rows[1][2] == ""
+    result = json.loads(out.read_text())["results"][str(tmp_path / "test")]
+    assert result["samples"] == 3 and result["unreadable"] == 1
+
+
 @pytest.mark.parametrize("optimizer,schedule", [("adadelta", "step"), ("adam", "cosine"),
                                                 ("adamw", "onecycle")])
 def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
