@@ -127,6 +127,22 @@ def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
     assert _train(tmp_path / "straight", train) == 2
 
 
+def test_resume_refuses_options_that_change_the_run(data, tmp_path, capsys):
+    train, _ = data
+    run = tmp_path / "run"
+    assert _train(run, train, "--decoder", "ctc", "--stop-after", "2") == 0
+    config = (run / "config.yaml").read_text()
+    with pytest.raises(SystemExit, match=r"--batch-size: 4 in the run, 8 given; "
+                                         r"--seed: 0 in the run, 3 given \(start a new"):
+        main(["supervised", "--run-dir", str(run), "--resume", "--batch-size", "8",
+              "--seed", "3", "--workers", "0"])
+    assert (run / "config.yaml").read_text() == config   # not rewritten
+    # Options of how it runs may change.
+    assert main(["supervised", "--run-dir", str(run), "--resume", "--workers", "0",
+                 "--log-every", "2", "--no-tensorboard", "--threads", "1"]) == 0
+    assert checkpoints.load(run / "last.pt", "recognizer")["step"] == 6
+
+
 @pytest.mark.parametrize("command", ["supervised", "pretrain"])
 def test_bf16_autocast_step_is_finite(data, tmp_path, command):
     train, _ = data

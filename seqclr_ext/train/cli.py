@@ -33,13 +33,17 @@ import yaml
 from .. import checkpoints
 from . import decoder_eval, default, distributed, finetune, plot, pretrain, supervised
 
-__all__ = ["COMMANDS", "main", "parse", "RUN_CONTROL_KEYS"]
+__all__ = ["COMMANDS", "main", "parse", "RUN_CONTROL_KEYS", "EXECUTION_KEYS"]
 
 COMMANDS = {m.NAME: m for m in (default, pretrain, decoder_eval, finetune, supervised,
                                  plot)}
 
 # Options that steer one invocation and are not part of a run's saved config.
 RUN_CONTROL_KEYS = ("command", "config", "resume", "stop_after")
+# Saved options that change how a run executes, not what it computes: --resume may change
+# them (and a finished run of the default job is reused whatever they were).
+EXECUTION_KEYS = ("run_dir", "workers", "threads", "device", "progress", "tensorboard",
+                  "log_every", "save_every")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -85,7 +89,7 @@ def parse(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     sub = subparsers[args.command]
     valid = {a.dest for a in sub._actions} - {"help"}
-    defaults = {}
+    defaults, saved = {}, {}
     if getattr(args, "config", None):
         defaults.update(_yaml_defaults(args.config, valid))
     if getattr(args, "resume", False):
@@ -107,7 +111,22 @@ def parse(argv: Sequence[str] | None = None) -> dict:
     resolve = getattr(COMMANDS[args.command], "resolve_defaults", None)
     if resolve is not None:  # defaults that depend on other options (e.g. the method)
         resolve(config)
+    if saved:
+        _refuse_changes(sub, saved, config)
     return config
+
+
+def _refuse_changes(parser: argparse.ArgumentParser, saved: dict, config: dict) -> None:
+    """--resume continues exactly: an option given that changes what the run computes
+    (anything but EXECUTION_KEYS) is an error naming each."""
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    changed = [f"{flags.get(k, k)}: {saved[k]!r} in the run, {config[k]!r} given"
+               for k in sorted(saved) if k in config and k not in RUN_CONTROL_KEYS
+               and k not in EXECUTION_KEYS and config[k] != saved[k]]
+    if changed:
+        raise SystemExit(f"error: --resume continues the run exactly, but these options "
+                         f"change what it computes: {'; '.join(changed)} (start a new "
+                         f"--run-dir to change them)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
