@@ -23,6 +23,7 @@ from . import checkpoints
 from .data import Charset, LmdbDataset, RecognitionCollate
 from .metrics import evaluate as score
 from .models import Recognizer, RecognizerConfig
+from .train.common import check_device
 
 __all__ = ["load_checkpoint", "predict", "evaluate_dataset", "main"]
 
@@ -99,7 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", help="write the metrics here as JSON")
     p.add_argument("--predictions", help="write 'dataset<TAB>label<TAB>prediction' lines here")
     args = p.parse_args(argv)
-
+    if args.batch_size < 1 or args.workers < 0:
+        p.error("--batch-size must be at least 1 and --workers at least 0")
+    for path in args.data:
+        if not Path(path, "data.mdb").is_file():
+            raise SystemExit(f"error: --data {path}: no LMDB there (expected "
+                             f"{Path(path, 'data.mdb')})")
+    check_device(args.device)
     try:
         model, charset, ckpt = load_checkpoint(args.checkpoint, args.device)
     except checkpoints.CheckpointError as e:

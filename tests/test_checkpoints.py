@@ -10,10 +10,12 @@ import tempfile
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from PIL import Image
 
 from seqclr_ext import checkpoints
 from seqclr_ext import evaluate as evaluate_cli
 from seqclr_ext.checkpoints import CheckpointError
+from seqclr_ext.data import write_lmdb
 from seqclr_ext.train.cli import main as train_main
 
 STATE = {"model": {"w": torch.arange(12.0).reshape(3, 4), "b": torch.zeros(3)},
@@ -40,6 +42,12 @@ def test_round_trip_of_every_kind(tmp_path):
         assert torch.equal(got["model"]["w"], STATE["model"]["w"])
         assert got["config"] == STATE["config"] and got["charset"] == STATE["charset"]
         assert checkpoints.read_kind(tmp_path / f"{kind}.pt") == kind
+
+
+def _lmdb(folder) -> str:
+    if not (folder / "db").exists():
+        write_lmdb(folder / "db", [(Image.new("L", (8, 8)), "a")])
+    return str(folder / "db")
 
 
 class _Evil:
@@ -74,7 +82,7 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path, capsys):
         with pytest.raises(CheckpointError, match="not loaded|refused"):
             checkpoints.load(path, checkpoints.KINDS)
         with pytest.raises(SystemExit, match=f"error: --checkpoint {path}: "):
-            evaluate_cli.main(["--checkpoint", str(path), "--data", str(tmp_path / "none")])
+            evaluate_cli.main(["--checkpoint", str(path), "--data", _lmdb(tmp_path)])
         run = tmp_path / f"run-{name}"
         run.mkdir()
         os.replace(path, run / "last.pt")
@@ -135,7 +143,7 @@ def test_the_wrong_kind_is_named(tmp_path, capsys):
     checkpoints.save({"model_config": {}}, path, "encoder")
     with pytest.raises(SystemExit, match=r"encoder.pt: a pre-trained encoder \(encoder.pt of "
                                          r"pretrain\), not a recognizer checkpoint"):
-        evaluate_cli.main(["--checkpoint", str(path), "--data", "none"])
+        evaluate_cli.main(["--checkpoint", str(path), "--data", _lmdb(tmp_path)])
     with pytest.raises(CheckpointError, match="no such file"):
         checkpoints.load(tmp_path / "missing.pt", "encoder")
 

@@ -126,6 +126,21 @@ def test_all_images_unreadable_raises(tmp_path):
         ds[1]
 
 
+@pytest.mark.parametrize("count", [b"abc", b"-3"])
+def test_malformed_sample_count_names_the_path(tmp_path, count):
+    write_lmdb(tmp_path / "db", [(_png(8), "a")])
+    with lmdb.open(str(tmp_path / "db")) as env, env.begin(write=True) as txn:
+        txn.put(b"num-samples", count)
+    message = f"{tmp_path / 'db'}: 'num-samples' is b'{count.decode()}', not a sample count"
+    with pytest.raises(ValueError, match=message):
+        LmdbDataset(tmp_path / "db", None)
+
+
+def test_report_without_length_limit(tmp_path):
+    write_lmdb(tmp_path / "db", [(_png(8), "a")])
+    assert "longer than" not in LmdbDataset(tmp_path / "db", None, max_length=None).report()
+
+
 def test_not_a_dataset(tmp_path):
     with lmdb.open(str(tmp_path / "db")) as env, env.begin(write=True) as txn:
         txn.put(b"foo", b"bar")

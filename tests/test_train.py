@@ -127,6 +127,32 @@ def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
     assert _train(tmp_path / "straight", train) == 2
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--iterations", "-1"], "--iterations must be at least 1, got -1"),
+    (["--train", "nope.lmdb"], "--train nope.lmdb: no LMDB there"),
+    (["--device", "cuda:99"], "--device cuda:99: (no CUDA GPU is visible|only)"),
+    (["--device", "nonsense"], "--device nonsense: not a torch device"),
+])
+def test_bad_options_give_one_error_line_and_no_run_folder(data, tmp_path, flags, message):
+    train, _ = data
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit, match=f"^error: {message}"):
+        main(["supervised", "--train", train, "--run-dir", str(run), *FAST, *flags])
+    assert not run.exists()
+    with pytest.raises(SystemExit, match="^error: --data nope: no LMDB"):
+        evaluate_cli.main(["--checkpoint", "x.pt", "--data", "nope"])
+
+
+def test_metrics_csv_with_a_blank_line_resumes(tmp_path):
+    from seqclr_ext.train.trainer import _Metrics
+    (tmp_path / "metrics.csv").write_text("step,time,tag,value\n1,0.0,train/loss,2.0\n"
+                                          "3,0.0,train/loss,1.0\n\n")
+    _Metrics(tmp_path, 2, tensorboard=False).close()
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        "step,time,tag,value", "1,0.0,train/loss,2.0"]
+
+
 def test_resume_refuses_options_that_change_the_run(data, tmp_path, capsys):
     train, _ = data
     run = tmp_path / "run"
@@ -250,13 +276,16 @@ def test_collate():
 
 
 def test_yaml_config_and_flag_override(tmp_path):
+    a, b, x = (str(tmp_path / name) for name in "abx")
+    for path in (a, b, x):
+        write_lmdb(path, [(Image.new("L", (8, 8)), "w")])
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("train: [a, b]\nrun-dir: r\nlr: 10\nbatch_size: 8\n")
+    cfg.write_text(f"train: [{a}, {b}]\nrun-dir: r\nlr: 10\nbatch_size: 8\n")
     c = parse(["supervised", "--config", str(cfg), "--batch-size", "16"])
-    assert c["train"] == ["a", "b"] and c["lr"] == 10 and c["batch_size"] == 16
+    assert c["train"] == [a, b] and c["lr"] == 10 and c["batch_size"] == 16
     assert c["rho"] == 0.95 and c["grad_clip"] == 5
     assert c["weight_decay"] == RECOGNIZER_RECIPES[c["recipe"]]["weight_decay"]
-    assert parse(["supervised", "--config", str(cfg), "--train", "x"])["train"] == ["x"]
+    assert parse(["supervised", "--config", str(cfg), "--train", x])["train"] == [x]
     cfg.write_text("trian: a\n")
     with pytest.raises(SystemExit):
         parse(["supervised", "--config", str(cfg)])

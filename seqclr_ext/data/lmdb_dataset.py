@@ -275,7 +275,13 @@ def _scan_labels(
     raw = txn.get(b"num-samples")
     if raw is None:
         raise ValueError(f"{path} has no 'num-samples' key: not a dataset LMDB")
-    total = int(raw)
+    try:
+        total = int(raw)
+    except ValueError:
+        total = -1
+    if total < 0:
+        raise ValueError(f"{path}: 'num-samples' is {raw!r}, not a sample count: not a "
+                         "dataset LMDB, or a damaged one")
     keys: list[int] = []
     labels: list[str] = []
     counts: Counter[str] = Counter()
@@ -440,8 +446,9 @@ class LmdbDataset(Dataset):
     def report(self) -> str:
         """A one-paragraph human-readable summary of :attr:`stats`."""
         s = self.stats
+        longer = f"{s.too_long} longer than {self.max_length}, " if self.max_length else ""
         text = (f"{self.path}: {s.kept}/{s.total} samples kept; filtered: {s.empty} empty, "
-                f"{s.too_long} longer than {self.max_length}, {s.out_of_charset} out of "
+                f"{longer}{s.out_of_charset} out of "
                 f"charset, {s.invalid_label} missing/invalid labels; {s.unreadable} "
                 f"unreadable images {'skipped' if self.skip_unreadable else 'scored as wrong'}"
                 f"; {s.alpha} images with an alpha channel composited on white")

@@ -32,6 +32,7 @@ import yaml
 
 from .. import checkpoints
 from . import decoder_eval, default, distributed, finetune, plot, pretrain, supervised
+from .common import check_device
 
 __all__ = ["COMMANDS", "main", "parse", "RUN_CONTROL_KEYS", "EXECUTION_KEYS"]
 
@@ -111,9 +112,38 @@ def parse(argv: Sequence[str] | None = None) -> dict:
     resolve = getattr(COMMANDS[args.command], "resolve_defaults", None)
     if resolve is not None:  # defaults that depend on other options (e.g. the method)
         resolve(config)
+    _validate(sub, config)
     if saved:
         _refuse_changes(sub, saved, config)
     return config
+
+
+# Options that must be >= 1 / >= 0 where a subcommand has them (0 batches would never
+# fill one: the sampler looped forever).
+_POSITIVE = ("batch_size", "iterations", "log_every", "save_every", "height", "width",
+             "max_length", "num_windows", "pretrain_steps", "eval_steps")
+_NON_NEGATIVE = ("workers", "threads", "val_every", "stop_after")
+_LMDB_LISTS = ("train", "val", "test")
+
+
+def _validate(parser: argparse.ArgumentParser, config: dict) -> None:
+    """A user's mistake becomes one ``error:`` line before anything is written."""
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    for keys, low in ((_POSITIVE, 1), (_NON_NEGATIVE, 0)):
+        for k in keys:
+            if config.get(k) is not None and config[k] < low:
+                raise SystemExit(f"error: {flags.get(k, k)} must be at least {low}, got "
+                                 f"{config[k]}")
+    for k in _LMDB_LISTS:
+        for path in config.get(k) or ():
+            if not Path(path, "data.mdb").is_file():
+                raise SystemExit(f"error: {flags.get(k, k)} {path}: no LMDB there (expected "
+                                 f"{Path(path, 'data.mdb')})")
+    encoder = config.get("encoder")
+    if encoder and encoder != "random" and not Path(encoder).is_file():
+        raise SystemExit(f"error: --encoder {encoder}: no such file")
+    if config.get("device"):
+        check_device(config["device"])
 
 
 def _refuse_changes(parser: argparse.ArgumentParser, saved: dict, config: dict) -> None:

@@ -145,7 +145,7 @@ class _Metrics:
         if self.path.exists():
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.reader(f)][1:]
-            rows = [r for r in rows if int(r[0]) <= start_step]
+            rows = [r for r in rows if r and int(r[0]) <= start_step]  # blank lines dropped
         self.file = open(self.path, "w", newline="")
         self.csv = csv.writer(self.file)
         self.csv.writerows([["step", "time", "tag", "value"], *rows])
