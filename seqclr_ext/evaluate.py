@@ -5,7 +5,8 @@
 
 Prints word accuracy, accuracy up to one edit (ED1), CER, WER and 1 − NED per dataset.
 Every sample of the LMDB is scored (no charset / length filtering): labels the model
-cannot spell count as errors.
+cannot spell count as errors, and so do unreadable images (as empty predictions; their
+number is reported).
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from . import checkpoints
 from .data import Charset, LmdbDataset, RecognitionCollate
 from .metrics import evaluate as score
 from .models import Recognizer, RecognizerConfig
+from .train.common import check_device
 
 __all__ = ["load_checkpoint", "predict", "evaluate_dataset", "main"]
 
@@ -29,9 +32,7 @@ METRICS = ("word_accuracy", "ed1_accuracy", "cer", "wer", "one_minus_ned")
 
 def load_checkpoint(path, device="cpu") -> tuple[Recognizer, Charset, dict]:
     """A training checkpoint -> (recognizer in eval mode on ``device``, charset, checkpoint)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "model_config" not in ckpt or "charset" not in ckpt:
-        raise ValueError(f"{path} is not a recognizer checkpoint (no model_config/charset)")
+    ckpt = checkpoints.load(path, "recognizer")
     model = Recognizer(RecognizerConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     charset = Charset(ckpt["charset"]["symbols"],
@@ -48,13 +49,17 @@ def collate_for(ckpt: dict) -> RecognitionCollate:
 
 @torch.no_grad()
 def predict(model: Recognizer, charset: Charset, loader, device) -> tuple[list[str], list[str]]:
-    """Greedy predictions and the (charset-normalized) labels over a loader's batches."""
+    """Greedy predictions and the (charset-normalized) labels over a loader's batches; a
+    sample without an image (unreadable) is predicted as the empty string."""
     was_training = model.training
     model.eval()
     preds, labels = [], []
     for batch in loader:
-        widths = batch["widths"].to(device) if batch["widths"] is not None else None
-        preds += [charset.decode(ids) for ids in model.predict(batch["images"].to(device), widths)]
+        found = iter(())
+        if len(batch["images"]):
+            widths = batch["widths"].to(device) if batch["widths"] is not None else None
+            found = iter(model.predict(batch["images"].to(device), widths))
+        preds += [charset.decode(next(found)) if ok else "" for ok in batch["readable"]]
         labels += [charset.normalize(lab) for lab in batch["labels"]]
     model.train(was_training)
     return preds, labels
@@ -62,11 +67,13 @@ def predict(model: Recognizer, charset: Charset, loader, device) -> tuple[list[s
 
 def evaluate_dataset(model, charset, path, collate, *, device="cpu", batch_size=128,
                      workers=0, alphanumeric=False, mode="L"):
-    """-> (metrics dict of seqclr_ext.metrics.evaluate, predictions, labels)."""
-    dataset = LmdbDataset(path, None, max_length=None, mode=mode)
+    """-> (metrics dict of seqclr_ext.metrics.evaluate + ``unreadable``, the number of
+    samples scored as empty predictions for want of a readable image; predictions, labels)."""
+    dataset = LmdbDataset(path, None, max_length=None, mode=mode, skip_unreadable=False)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     preds, labels = predict(model, charset, loader, device)
-    return score(preds, labels, alphanumeric=alphanumeric), preds, labels
+    metrics = score(preds, labels, alphanumeric=alphanumeric)
+    return {**metrics, "unreadable": dataset.stats.unreadable}, preds, labels
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -75,6 +82,8 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     for name, m in results.items():
         rows.append(f"{name[-30:]:<30} {m['samples']:>8d} "
                     + " ".join(f"{m[k]:>13.4f}" for k in METRICS))
+    rows += [f"{name}: unreadable: {m['unreadable']} (scored as wrong, empty predictions)"
+             for name, m in results.items() if m.get("unreadable")]
     return "\n".join(rows)
 
 
@@ -91,8 +100,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", help="write the metrics here as JSON")
     p.add_argument("--predictions", help="write 'dataset<TAB>label<TAB>prediction' lines here")
     args = p.parse_args(argv)
-
-    model, charset, ckpt = load_checkpoint(args.checkpoint, args.device)
+    if args.batch_size < 1 or args.workers < 0:
+        p.error("--batch-size must be at least 1 and --workers at least 0")
+    for path in args.data:
+        if not Path(path, "data.mdb").is_file():
+            raise SystemExit(f"error: --data {path}: no LMDB there (expected "
+                             f"{Path(path, 'data.mdb')})")
+    check_device(args.device)
+    try:
+        model, charset, ckpt = load_checkpoint(args.checkpoint, args.device)
+    except checkpoints.CheckpointError as e:
+        raise SystemExit(f"error: --checkpoint {e}") from None
     collate = collate_for(ckpt)
     mode = "RGB" if ckpt["model_config"].get("in_channels", 1) == 3 else "L"
     results, lines = {}, []

@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from . import checkpoints
 from .data import write_lmdb
+from .data.lmdb_dataset import to_mode
 from .data.render import FONT_ROOT
 from .methods import SimAN
 from .train.common import make_charset, make_recognizer
@@ -37,11 +39,8 @@ PLAIN_FONT = FONT_ROOT / "truetype/dejavu/DejaVuSans.ttf"   # Debian fonts-dejav
 
 def load_generator(path, device="cpu") -> tuple[SimAN, dict]:
     """``last.pt`` of a ``pretrain --method siman`` run -> (SimAN in eval mode, config)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    config = ckpt.get("config", {})
-    if config.get("method") != "siman":
-        raise SystemExit(f"error: --checkpoint {path}: not a checkpoint of "
-                         f"`pretrain --method siman` (method {config.get('method')!r})")
+    ckpt = checkpoints.load(path, "siman")
+    config = ckpt["config"]
     model = SimAN(make_recognizer(config, make_charset(config)),
                   kernel_size=config["siman_kernel"], l2_weight=config["l2_weight"])
     model.load_state_dict(ckpt["model"])
@@ -63,7 +62,7 @@ def render_plain(text: str, height: int, font_path=PLAIN_FONT) -> Image.Image:
 
 def _to_tensor(image: Image.Image, channels: int, height: int) -> torch.Tensor:
     """PIL -> [1, C, height, W ≥ height] in [-1, 1], resized to the height keeping the ratio."""
-    image = image.convert("RGB" if channels == 3 else "L")
+    image = to_mode(image, "RGB" if channels == 3 else "L")
     width = max(height, round(image.width * height / max(1, image.height)))
     array = np.asarray(image.resize((width, height), Image.BICUBIC), dtype=np.float32)
     array = array[:, :, None] if array.ndim == 2 else array
@@ -122,7 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   if line.strip()]
     if not texts:
         p.error("give at least one --text or a --texts file")
-    model, _ = load_generator(args.checkpoint, args.device)
+    try:
+        model, _ = load_generator(args.checkpoint, args.device)
+    except checkpoints.CheckpointError as e:
+        raise SystemExit(f"error: --checkpoint {e}") from None
     styles = [Image.open(path) for path in args.style]
     samples = ((synthesize(model, style, text, width=args.width, font_path=args.font), text)
                for style in styles for text in texts)

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from seqclr_ext import checkpoints
 from seqclr_ext.data import ResumableBatchSampler
 from seqclr_ext.methods import SeqCLR, SimCLR
 from seqclr_ext.methods.contrastive import contrastive_loss, pool_instances
@@ -178,21 +179,22 @@ def test_torchrun_pretrain_then_resume_in_one_process(tmp_path, subprocess_env, 
     lmdb = word_lmdb(tmp_path / "words", ["cat", "dog", "Hello", "42", "tree", "ok"])
     run = tmp_path / "run"
     proc = _torchrun(["-m", "seqclr_ext.train", "pretrain", "--train", lmdb,
-                      "--run-dir", str(run), "--iterations", "2", "--device", "cpu",
+                      "--run-dir", str(run), "--iterations", "3", "--stop-after", "2",
+                      "--device", "cpu",
                       "--preset", "small", "--batch-size", "4", "--workers", "0",
                       "--no-progress", "--log-every", "1", "--no-tensorboard", "--amp", "bf16"],
                      subprocess_env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("done: 2 steps") == 1          # rank 0 alone reports
+    assert proc.stderr.count("stopped after step 2") == 1   # rank 0 alone reports
     assert (run / "encoder.pt").is_file()
-    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt = checkpoints.load(run / "last.pt", checkpoints.KINDS)
     assert ckpt["step"] == 2 and ckpt["data"] == {"consumed_batches": 2}
     assert not any(k.startswith("module.") for k in ckpt["model"])
     losses = [r for r in (run / "metrics.csv").read_text().splitlines() if ",train/loss," in r]
     assert [r.split(",")[0] for r in losses] == ["1", "2"]    # written once, by rank 0
     # The checkpoint continues in one process.
-    assert main(["pretrain", "--run-dir", str(run), "--resume", "--iterations", "3"]) == 0
-    assert torch.load(run / "last.pt", weights_only=False)["step"] == 3
+    assert main(["pretrain", "--run-dir", str(run), "--resume"]) == 0
+    assert checkpoints.load(run / "last.pt", checkpoints.KINDS)["step"] == 3
 
 
 if __name__ == "__main__":

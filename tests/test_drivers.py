@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from seqclr_ext import checkpoints
+
 pytest.importorskip("matplotlib")
 
 DRIVERS = Path(__file__).resolve().parents[1] / "python"
@@ -147,14 +149,14 @@ def test_siman_probe(tmp_path, subprocess_env):
     # The same probe everywhere: a frozen ResNet (no TPS), the BiLSTM and decoder trained.
     import torch
     for name in encoders.values():
-        ckpt = torch.load(runs / f"probe-{name}-ctc" / "last.pt", weights_only=False)
+        ckpt = checkpoints.load(runs / f"probe-{name}-ctc" / "last.pt", checkpoints.KINDS)
         assert ckpt["model_config"]["tps"] is False
         assert not any(k.startswith("transformation.") for k in ckpt["model"])
     for method in ("siman", "seqclr-window"):
-        encoder = torch.load(runs / f"pretrain-{method}" / "encoder.pt", weights_only=False)
+        encoder = checkpoints.load(runs / f"pretrain-{method}" / "encoder.pt", checkpoints.KINDS)
         assert encoder["representation"] == "V"
-        probed = torch.load(runs / f"probe-{method.split('-')[0]}-ctc" / "last.pt",
-                            weights_only=False)["model"]
+        probed = checkpoints.load(runs / f"probe-{method.split('-')[0]}-ctc" / "last.pt",
+                                  checkpoints.KINDS)["model"]
         for k, v in encoder["encoder_state"].items():
             assert torch.equal(probed[k], v), k
 

@@ -75,6 +75,48 @@ def test_corrupt_image_is_counted_and_skipped(tmp_path):
     assert "1 unreadable" in ds.report()
 
 
+def test_evaluation_keeps_unreadable_samples(tmp_path):
+    samples = [(_png(8), "a"), (b"\x89PNG garbage bytes", "b"), (_png(12), "c")]
+    write_lmdb(tmp_path / "db", samples)
+    ds = LmdbDataset(tmp_path / "db", None, max_length=None, skip_unreadable=False)
+    assert [lab for _, lab in (ds[i] for i in range(3))] == ["a", "b", "c"]  # each once
+    assert ds[1][0] is None and ds.stats.unreadable == 1
+    assert "1 unreadable images scored as wrong" in ds.report()
+
+
+def _rgba_png(width: int = 12) -> bytes:
+    """Black text pixels on a fully transparent background that is black underneath."""
+    img = Image.new("RGBA", (width, 16), (0, 0, 0, 0))
+    img.putpixel((3, 3), (0, 0, 0, 255))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _transparent_palette_png() -> bytes:
+    img = Image.new("P", (10, 16), 0)
+    img.putpalette([0, 0, 0, 255, 255, 255])
+    img.info["transparency"] = 0
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", transparency=0)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_transparency_is_composited_on_white_and_counted(tmp_path, mode):
+    write_lmdb(tmp_path / "db", [(_rgba_png(), "a"), (_png(8), "b"),
+                                 (_transparent_palette_png(), "c")])
+    ds = LmdbDataset(tmp_path / "db", Charset.printable(), mode=mode)
+    img = ds[0][0]
+    white = 255 if mode == "L" else (255, 255, 255)
+    black = 0 if mode == "L" else (0, 0, 0)
+    assert img.mode == mode and img.getpixel((0, 0)) == white and img.getpixel((3, 3)) == black
+    assert ds[2][0].getpixel((0, 0)) == white
+    ds[1]
+    assert ds.stats.alpha == 2
+    assert "2 images with an alpha channel composited on white" in ds.report()
+
+
 def test_all_images_unreadable_raises(tmp_path):
     write_lmdb(tmp_path / "db", [(b"junk", "a")])
     ds = LmdbDataset(tmp_path / "db", None)
@@ -82,6 +124,21 @@ def test_all_images_unreadable_raises(tmp_path):
         ds[0]
     with pytest.raises(IndexError):
         ds[1]
+
+
+@pytest.mark.parametrize("count", [b"abc", b"-3"])
+def test_malformed_sample_count_names_the_path(tmp_path, count):
+    write_lmdb(tmp_path / "db", [(_png(8), "a")])
+    with lmdb.open(str(tmp_path / "db")) as env, env.begin(write=True) as txn:
+        txn.put(b"num-samples", count)
+    message = f"{tmp_path / 'db'}: 'num-samples' is b'{count.decode()}', not a sample count"
+    with pytest.raises(ValueError, match=message):
+        LmdbDataset(tmp_path / "db", None)
+
+
+def test_report_without_length_limit(tmp_path):
+    write_lmdb(tmp_path / "db", [(_png(8), "a")])
+    assert "longer than" not in LmdbDataset(tmp_path / "db", None, max_length=None).report()
 
 
 def test_not_a_dataset(tmp_path):

@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
-from seqclr_ext.data import Charset, RecognitionCollate
+from seqclr_ext.data import Charset, RecognitionCollate, write_lmdb
 from seqclr_ext.models import Recognizer, RecognizerConfig
 from seqclr_ext.train import lr_factor, make_optimizer, make_scheduler
 from seqclr_ext.train.cli import parse
@@ -14,6 +15,13 @@ from seqclr_ext.train.pretrain import CONTRASTIVE_RECIPES, SIMAN_RECIPES
 
 SUPERVISED = ["supervised", "--train", "x.lmdb", "--run-dir", "r"]
 PRETRAIN = ["pretrain", "--train", "x.lmdb", "--run-dir", "r"]
+
+
+@pytest.fixture(autouse=True)
+def _in_a_folder_with_x_lmdb(tmp_path, monkeypatch):
+    """parse() checks that --train is an LMDB."""
+    write_lmdb(tmp_path / "x.lmdb", [(Image.new("L", (8, 8)), "w")])
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.mark.parametrize("recipe", ["paper", "fast"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from seqclr_ext import checkpoints
 from seqclr_ext.data.augment import OPERATIONS, SeqCLRAugment, make_augment
 from seqclr_ext.methods import SeqCLR
 from seqclr_ext.models import HEADS, ProjectionHead, Recognizer, frames_for_width
@@ -146,8 +147,8 @@ def test_pretrain_resume_is_exact(lmdb, tmp_path):
     assert _pretrain(lmdb, tmp_path / "split", "--stop-after", "2") == 0
     assert main(["pretrain", "--run-dir", str(tmp_path / "split"), "--resume",
                  "--no-progress"]) == 0
-    a = torch.load(tmp_path / "full" / "encoder.pt", weights_only=False)["encoder_state"]
-    b = torch.load(tmp_path / "split" / "encoder.pt", weights_only=False)["encoder_state"]
+    a = checkpoints.load(tmp_path / "full" / "encoder.pt", checkpoints.KINDS)["encoder_state"]
+    b = checkpoints.load(tmp_path / "split" / "encoder.pt", checkpoints.KINDS)["encoder_state"]
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
@@ -155,12 +156,12 @@ def test_pretrain_resume_is_exact(lmdb, tmp_path):
 
 def test_decoder_eval_freezes_the_pretrained_encoder(lmdb, tmp_path, capsys):
     assert _pretrain(lmdb, tmp_path / "pre", "--mapping", "frame", "--head", "mlp") == 0
-    encoder = torch.load(tmp_path / "pre" / "encoder.pt", weights_only=False)["encoder_state"]
+    encoder = checkpoints.load(tmp_path / "pre" / "encoder.pt", checkpoints.KINDS)["encoder_state"]
     assert main(["decoder-eval", "--encoder", str(tmp_path / "pre" / "encoder.pt"),
                  "--train", lmdb, "--test", lmdb, "--run-dir", str(tmp_path / "eval"),
                  "--decoder", "attention", "--iterations", "3", *FAST]) == 0
     assert "word_accuracy" in capsys.readouterr().out
-    model = torch.load(tmp_path / "eval" / "last.pt", weights_only=False)["model"]
+    model = checkpoints.load(tmp_path / "eval" / "last.pt", checkpoints.KINDS)["model"]
     for k, v in encoder.items():   # weights and BatchNorm statistics unchanged
         assert torch.equal(model[k], v), k
     assert (tmp_path / "eval" / "test_metrics.json").exists()
@@ -168,14 +169,14 @@ def test_decoder_eval_freezes_the_pretrained_encoder(lmdb, tmp_path, capsys):
     assert main(["finetune", "--encoder", str(tmp_path / "pre" / "encoder.pt"), "--train", lmdb,
                  "--run-dir", str(tmp_path / "ft"), "--decoder", "ctc", "--iterations", "2",
                  "--label-fraction", "0.5", *FAST]) == 0
-    tuned = torch.load(tmp_path / "ft" / "last.pt", weights_only=False)["model"]
+    tuned = checkpoints.load(tmp_path / "ft" / "last.pt", checkpoints.KINDS)["model"]
     assert any(not torch.equal(tuned[k], v) for k, v in encoder.items())
 
 
 def test_decoder_eval_rejects_a_foreign_checkpoint(lmdb, tmp_path):
     bogus = tmp_path / "bogus.pt"
-    torch.save({"model": {}}, bogus)
-    with pytest.raises(SystemExit, match="not an encoder.pt"):
+    checkpoints.save({"model": {}}, bogus, "recognizer")
+    with pytest.raises(SystemExit, match="a recognizer checkpoint .*, not a pre-trained encoder"):
         main(["decoder-eval", "--encoder", str(bogus), "--train", lmdb,
               "--run-dir", str(tmp_path / "e"), *FAST])
 
@@ -209,7 +210,7 @@ def test_simclr_set_flips_and_crops_sometimes():
 def test_simclr_baseline_pretrains_and_hands_over_its_encoder(lmdb, tmp_path):
     assert _pretrain(lmdb, tmp_path / "simclr", "--method", "simclr", "--representation",
                      "V") == 0
-    ckpt = torch.load(tmp_path / "simclr" / "encoder.pt", weights_only=False)
+    ckpt = checkpoints.load(tmp_path / "simclr" / "encoder.pt", checkpoints.KINDS)
     assert ckpt["representation"] == "V"
     assert sorted({k.split(".")[0] for k in ckpt["encoder_state"]}) == [
         "feature_extractor", "transformation"]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from seqclr_ext import checkpoints
 from seqclr_ext.data import LmdbDataset, write_lmdb
 from seqclr_ext.data.augment import make_augment
 from seqclr_ext.methods import SimAN
@@ -120,7 +121,7 @@ def pretrained(lmdb, tmp_path_factory):
 
 
 def test_pretrain_writes_encoder_samples_and_logs(pretrained):
-    ckpt = torch.load(pretrained / "encoder.pt", weights_only=False)
+    ckpt = checkpoints.load(pretrained / "encoder.pt", checkpoints.KINDS)
     assert ckpt["representation"] == "V"
     assert {k.split(".")[0] for k in ckpt["encoder_state"]} == {"feature_extractor"}
     grids = sorted(p.name for p in (pretrained / "samples").iterdir())
@@ -136,28 +137,28 @@ def test_pretrain_resume_is_exact(lmdb, pretrained, tmp_path):
     assert main(["pretrain", "--method", "siman", "--train", lmdb, "--run-dir", str(split),
                  "--iterations", "4", "--sample-every", "2", "--stop-after", "2", *FAST]) == 0
     assert main(["pretrain", "--run-dir", str(split), "--resume", "--no-progress"]) == 0
-    a = torch.load(pretrained / "last.pt", weights_only=False)
-    b = torch.load(split / "last.pt", weights_only=False)
+    a = checkpoints.load(pretrained / "last.pt", checkpoints.KINDS)
+    b = checkpoints.load(split / "last.pt", checkpoints.KINDS)
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
     assert a["schedulers"] == b["schedulers"]
 
 
 def test_probe_freezes_the_siman_encoder_and_finetune_trains_it(lmdb, pretrained, tmp_path):
-    encoder = torch.load(pretrained / "encoder.pt", weights_only=False)["encoder_state"]
+    encoder = checkpoints.load(pretrained / "encoder.pt", checkpoints.KINDS)["encoder_state"]
     for decoder in ("ctc", "attention"):
         run = tmp_path / f"probe-{decoder}"
         assert main(["decoder-eval", "--encoder", str(pretrained / "encoder.pt"), "--train",
                      lmdb, "--test", lmdb, "--run-dir", str(run), "--decoder", decoder,
                      "--iterations", "2", *FAST]) == 0
-        model = torch.load(run / "last.pt", weights_only=False)["model"]
+        model = checkpoints.load(run / "last.pt", checkpoints.KINDS)["model"]
         for k, v in encoder.items():
             assert torch.equal(model[k], v), k
         assert (run / "test_metrics.json").exists()
     assert main(["finetune", "--encoder", str(pretrained / "encoder.pt"), "--train", lmdb,
                  "--run-dir", str(tmp_path / "ft"), "--decoder", "ctc", "--iterations", "2",
                  *FAST]) == 0
-    tuned = torch.load(tmp_path / "ft" / "last.pt", weights_only=False)["model"]
+    tuned = checkpoints.load(tmp_path / "ft" / "last.pt", checkpoints.KINDS)["model"]
     assert any(not torch.equal(tuned[k], v) for k, v in encoder.items())
 
 
@@ -183,6 +184,7 @@ def test_synthesis_follows_the_text_and_the_requested_width(pretrained, tmp_path
 
 def test_synthesis_refuses_other_checkpoints(tmp_path):
     bogus = tmp_path / "x.pt"
-    torch.save({"config": {"method": "seqclr"}, "model": {}}, bogus)
-    with pytest.raises(SystemExit, match="not a checkpoint of `pretrain --method siman`"):
+    checkpoints.save({"config": {"method": "seqclr"}, "model": {}}, bogus, "pretrain")
+    with pytest.raises(checkpoints.CheckpointError,
+                       match="a pre-training state .*, not a SimAN generator"):
         load_generator(bogus)

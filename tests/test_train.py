@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from seqclr_ext import checkpoints
 from seqclr_ext import evaluate as evaluate_cli
 from seqclr_ext.data import (Charset, RecognitionCollate, ResumableBatchSampler, label_subset,
-                             load_or_make_subset)
+                             load_or_make_subset, write_lmdb)
 from seqclr_ext.models import CTCDecoder
-from seqclr_ext.train import rng_state, save_atomic, set_rng_state
+from seqclr_ext.train import rng_state, set_rng_state
 from seqclr_ext.train.cli import main, parse
 from seqclr_ext.train.common import RECOGNIZER_RECIPES
 
@@ -52,7 +53,7 @@ def test_cli_end_to_end(data, tmp_path, subprocess_env):
     assert rows[0] == "step,time,tag,value"
     tags = {r.split(",")[2] for r in rows[1:]}
     assert {"train/loss", "train/lr", "val/word_accuracy", "val/cer"} <= tags
-    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt = checkpoints.load(run / "last.pt", checkpoints.KINDS)
     assert ckpt["step"] == 6 and ckpt["config"]["decoder"] == "ctc"
     assert set(ckpt["rng"]) == {"python", "numpy", "torch", "cuda"}
     assert ckpt["data"] == {"consumed_batches": 6} and ckpt["schedulers"]["main"]
@@ -79,6 +80,25 @@ def test_attention_decoder_and_keep_ratio(data, tmp_path, capsys):
     assert len(preds.read_text().splitlines()) == 4
 
 
+def test_evaluation_scores_every_sample(data, tmp_path, capsys):
+    """An unreadable test image is one wrong (empty) prediction of its own label, not a
+    second scoring of the next sample."""
+    train, _ = data
+    assert _train(tmp_path / "run", train, "--decoder", "ctc", iterations=1) == 0
+    word = Image.new("L", (40, 20), 255)
+    write_lmdb(tmp_path / "test", [(word, "cat"), (b"not an image", "dog"), (word, "Hello")])
+    preds = tmp_path / "preds.tsv"
+    out = tmp_path / "m.json"
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--data",
+                              str(tmp_path / "test"), "--predictions", str(preds),
+                              "--json", str(out)]) == 0
+    assert f"{tmp_path / 'test'}: unreadable: 1" in capsys.readouterr().out
+    rows = [line.split("\t") for line in preds.read_text().splitlines()]
+    assert [r[1] for r in rows] == ["cat", "dog", "Hello"] and rows[1][2] == ""
+    result = json.loads(out.read_text())["results"][str(tmp_path / "test")]
+    assert result["samples"] == 3 and result["unreadable"] == 1
+
+
 @pytest.mark.parametrize("optimizer,schedule", [("adadelta", "step"), ("adam", "cosine"),
                                                 ("adamw", "onecycle")])
 def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
@@ -87,12 +107,12 @@ def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
               "--lr-milestones", "0.5"]
     assert _train(tmp_path / "straight", train, *recipe) == 0
     assert _train(tmp_path / "split", train, *recipe, "--stop-after", "3") == 0
-    assert torch.load(tmp_path / "split" / "last.pt", weights_only=False)["step"] == 3
+    assert checkpoints.load(tmp_path / "split" / "last.pt", checkpoints.KINDS)["step"] == 3
     # Everything else comes from the run's saved config.
     assert main(["supervised", "--run-dir", str(tmp_path / "split"), "--resume"]) == 0
     assert "resumed" in capsys.readouterr().err
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    a = checkpoints.load(tmp_path / "straight" / "last.pt", checkpoints.KINDS)
+    b = checkpoints.load(tmp_path / "split" / "last.pt", checkpoints.KINDS)
     assert a["step"] == b["step"] == 6
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -107,6 +127,48 @@ def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
     assert _train(tmp_path / "straight", train) == 2
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--iterations", "-1"], "--iterations must be at least 1, got -1"),
+    (["--train", "nope.lmdb"], "--train nope.lmdb: no LMDB there"),
+    (["--device", "cuda:99"], "--device cuda:99: (no CUDA GPU is visible|only)"),
+    (["--device", "nonsense"], "--device nonsense: not a torch device"),
+])
+def test_bad_options_give_one_error_line_and_no_run_folder(data, tmp_path, flags, message):
+    train, _ = data
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit, match=f"^error: {message}"):
+        main(["supervised", "--train", train, "--run-dir", str(run), *FAST, *flags])
+    assert not run.exists()
+    with pytest.raises(SystemExit, match="^error: --data nope: no LMDB"):
+        evaluate_cli.main(["--checkpoint", "x.pt", "--data", "nope"])
+
+
+def test_metrics_csv_with_a_blank_line_resumes(tmp_path):
+    from seqclr_ext.train.trainer import _Metrics
+    (tmp_path / "metrics.csv").write_text("step,time,tag,value\n1,0.0,train/loss,2.0\n"
+                                          "3,0.0,train/loss,1.0\n\n")
+    _Metrics(tmp_path, 2, tensorboard=False).close()
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        "step,time,tag,value", "1,0.0,train/loss,2.0"]
+
+
+def test_resume_refuses_options_that_change_the_run(data, tmp_path, capsys):
+    train, _ = data
+    run = tmp_path / "run"
+    assert _train(run, train, "--decoder", "ctc", "--stop-after", "2") == 0
+    config = (run / "config.yaml").read_text()
+    with pytest.raises(SystemExit, match=r"--batch-size: 4 in the run, 8 given; "
+                                         r"--seed: 0 in the run, 3 given \(start a new"):
+        main(["supervised", "--run-dir", str(run), "--resume", "--batch-size", "8",
+              "--seed", "3", "--workers", "0"])
+    assert (run / "config.yaml").read_text() == config   # not rewritten
+    # Options of how it runs may change.
+    assert main(["supervised", "--run-dir", str(run), "--resume", "--workers", "0",
+                 "--log-every", "2", "--no-tensorboard", "--threads", "1"]) == 0
+    assert checkpoints.load(run / "last.pt", "recognizer")["step"] == 6
+
+
 @pytest.mark.parametrize("command", ["supervised", "pretrain"])
 def test_bf16_autocast_step_is_finite(data, tmp_path, command):
     train, _ = data
@@ -116,7 +178,7 @@ def test_bf16_autocast_step_is_finite(data, tmp_path, command):
     rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
     losses = [float(value) for _, _, tag, value in rows if tag == "train/loss"]
     assert len(losses) == 1 and math.isfinite(losses[0])
-    assert torch.load(run / "last.pt", weights_only=False)["config"]["amp"] == "bf16"
+    assert checkpoints.load(run / "last.pt", checkpoints.KINDS)["config"]["amp"] == "bf16"
 
 
 def test_rng_state_round_trip():
@@ -155,17 +217,16 @@ def test_label_fraction_subset(data, tmp_path):
 
 def test_save_atomic_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_atomic({"step": 1}, path)
+    checkpoints.save({"step": 1}, path, "recognizer")
 
-    def broken_save(obj, f):
-        f.write(b"partial garbage")
+    def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", broken_save)
+    monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        save_atomic({"step": 2}, path)
+        checkpoints.save({"step": 2}, path, "recognizer")
     monkeypatch.undo()
-    assert torch.load(path)["step"] == 1
+    assert checkpoints.load(path, "recognizer")["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
 
 
@@ -198,7 +259,7 @@ def test_sigterm_saves_and_exits(data, tmp_path, monkeypatch, capsys):
     train, _ = data
     assert _train(tmp_path / "run", train, "--decoder", "ctc") == 128 + signal.SIGTERM
     assert "SIGTERM" in capsys.readouterr().err
-    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 2
+    assert checkpoints.load(tmp_path / "run" / "last.pt", checkpoints.KINDS)["step"] == 2
 
 
 def test_collate():
@@ -215,13 +276,16 @@ def test_collate():
 
 
 def test_yaml_config_and_flag_override(tmp_path):
+    a, b, x = (str(tmp_path / name) for name in "abx")
+    for path in (a, b, x):
+        write_lmdb(path, [(Image.new("L", (8, 8)), "w")])
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("train: [a, b]\nrun-dir: r\nlr: 10\nbatch_size: 8\n")
+    cfg.write_text(f"train: [{a}, {b}]\nrun-dir: r\nlr: 10\nbatch_size: 8\n")
     c = parse(["supervised", "--config", str(cfg), "--batch-size", "16"])
-    assert c["train"] == ["a", "b"] and c["lr"] == 10 and c["batch_size"] == 16
+    assert c["train"] == [a, b] and c["lr"] == 10 and c["batch_size"] == 16
     assert c["rho"] == 0.95 and c["grad_clip"] == 5
     assert c["weight_decay"] == RECOGNIZER_RECIPES[c["recipe"]]["weight_decay"]
-    assert parse(["supervised", "--config", str(cfg), "--train", "x"])["train"] == ["x"]
+    assert parse(["supervised", "--config", str(cfg), "--train", x])["train"] == [x]
     cfg.write_text("trian: a\n")
     with pytest.raises(SystemExit):
         parse(["supervised", "--config", str(cfg)])

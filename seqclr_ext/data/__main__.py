@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import render as R
 from .charset import Charset
-from .lmdb_dataset import LmdbDataset, _image_key, _reader, convert_folder
+from .lmdb_dataset import LmdbDataset, _image_key, _reader, convert_folder, has_alpha
 
 _CHARSETS = {
     "printable": lambda: Charset.printable(),
@@ -176,13 +176,14 @@ def _inspect(args) -> int:
     # Widths at height 32 from the image headers (no pixel decoding), over all samples.
     n = s.total
     step = max(1, -(-n // max(1, args.max_images)))
-    widths, unreadable = [], 0
+    widths, unreadable, alpha = [], 0, 0
     with _reader(str(args.lmdb)).begin() as txn:
         for k in range(1, n + 1, step):
             data = txn.get(_image_key(k))
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     w, h = img.size
+                    alpha += has_alpha(img)
                 widths.append(round(w * 32 / max(h, 1)))
             except Exception:  # noqa: BLE001 - anything undecodable is just counted
                 unreadable += 1
@@ -198,7 +199,9 @@ def _inspect(args) -> int:
         keys = [k for k in keys if hist[k]]
         ws = sorted(widths)
         print(f"\nimage width at height 32 ({len(widths)} images read"
-              f"{f', {unreadable} unreadable' if unreadable else ''}): min {ws[0]}, "
+              f"{f', {unreadable} unreadable' if unreadable else ''}"
+              f"{f', {alpha} with an alpha channel (composited on white)' if alpha else ''}"
+              f"): min {ws[0]}, "
               f"median {ws[len(ws) // 2]}, max {ws[-1]}")
         print("\n".join(_bars(hist, keys)))
     return 0

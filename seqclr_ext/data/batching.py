@@ -28,7 +28,9 @@ class RecognitionCollate:
 
     Returns ``images [B, C, H, W]``, ``widths [B]`` (None when fixed-size), ``labels``
     (the strings) and, with a ``charset``, ``targets [B, L]`` (0-based charset indices,
-    padded with 0) and ``target_lengths [B]``.
+    padded with 0) and ``target_lengths [B]``. Evaluation samples whose image is None
+    (unreadable: ``LmdbDataset(skip_unreadable=False)``) keep their label but have no
+    image: ``readable [B]`` marks the samples that are in ``images`` / ``widths``.
     """
 
     def __init__(self, charset: Charset | None = None, *, height: int = 32, width: int = 100,
@@ -43,18 +45,20 @@ class RecognitionCollate:
         w = round(image.width * self.height / max(image.height, 1))
         return image.resize((min(max(w, MIN_WIDTH), self.max_width), self.height), Image.BICUBIC)
 
-    def __call__(self, samples: Sequence[tuple[Image.Image, str]]) -> dict:
-        images = [self._resize(img) for img, _ in samples]
+    def __call__(self, samples: Sequence[tuple[Image.Image | None, str]]) -> dict:
+        readable = [img is not None for img, _ in samples]
+        images = [self._resize(img) for img, _ in samples if img is not None]
         labels = [label for _, label in samples]
         arrays = [np.asarray(img, dtype=np.float32) for img in images]
         arrays = [a[:, :, None] if a.ndim == 2 else a for a in arrays]      # HWC
         widths = [a.shape[1] for a in arrays]
-        batch = np.zeros((len(arrays), arrays[0].shape[2], self.height, max(widths)),
-                         dtype=np.float32)
+        batch = np.zeros((len(arrays), arrays[0].shape[2] if arrays else 1, self.height,
+                          max(widths, default=self.width)), dtype=np.float32)
         for i, a in enumerate(arrays):
             batch[i, :, :, : a.shape[1]] = (a.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5
         out = {"images": torch.from_numpy(batch), "labels": labels,
-               "widths": torch.tensor(widths) if self.keep_ratio else None}
+               "widths": torch.tensor(widths, dtype=torch.long) if self.keep_ratio else None,
+               "readable": torch.tensor(readable)}
         if self.charset is not None:
             encoded = [self.charset.encode(label) for label in labels]
             lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)

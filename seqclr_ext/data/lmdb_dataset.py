@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from .charset import Charset
 
-__all__ = ["write_lmdb", "convert_folder", "ConvertStats", "LmdbDataset", "DatasetStats"]
+__all__ = ["write_lmdb", "convert_folder", "ConvertStats", "LmdbDataset", "DatasetStats",
+           "has_alpha", "to_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,20 @@ def convert_folder(
     return stats
 
 
+def has_alpha(image: Image.Image) -> bool:
+    """Whether ``image`` has transparency (an alpha channel or a transparent palette entry)."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` converted to ``mode`` ("L" / "RGB"), transparent parts composited on white:
+    a plain convert() drops the alpha and shows what is under it, usually black."""
+    if has_alpha(image):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    return image.convert(mode)
+
+
 # Read-only environments of this process, keyed by the identity of their data file.
 # LMDB refuses to open one file twice per process, so datasets over the same file share
 # one (held weakly: it closes with the last dataset using it). Keying on the inode rather
@@ -239,7 +254,8 @@ class DatasetStats:
     """Counts of an :class:`LmdbDataset`. ``total`` is ``num-samples``; ``kept`` passed the
     label filters; ``invalid_label`` covers missing and non-UTF-8 labels; ``unreadable``
     counts distinct kept samples whose image was missing or undecodable when read (across
-    DataLoader workers); ``unknown_chars`` counts, per character, the labels it excluded."""
+    DataLoader workers); ``alpha`` counts those with an alpha channel, composited on white;
+    ``unknown_chars`` counts, per character, the labels it excluded."""
 
     total: int
     kept: int
@@ -248,6 +264,7 @@ class DatasetStats:
     out_of_charset: int
     invalid_label: int
     unreadable: int
+    alpha: int
     unknown_chars: Counter[str]
 
 
@@ -258,7 +275,13 @@ def _scan_labels(
     raw = txn.get(b"num-samples")
     if raw is None:
         raise ValueError(f"{path} has no 'num-samples' key: not a dataset LMDB")
-    total = int(raw)
+    try:
+        total = int(raw)
+    except ValueError:
+        total = -1
+    if total < 0:
+        raise ValueError(f"{path}: 'num-samples' is {raw!r}, not a sample count: not a "
+                         "dataset LMDB, or a damaged one")
     keys: list[int] = []
     labels: list[str] = []
     counts: Counter[str] = Counter()
@@ -307,9 +330,13 @@ class LmdbDataset(Dataset):
     ``max_length`` characters (``None``: no limit), or has characters outside ``charset``
     (``None``: any), counting each reason (:attr:`stats`, :meth:`report`).
 
-    An image found missing or undecodable at read time is flagged, counted and replaced by
-    the next readable sample (wrapping around); flagged samples are skipped without being
-    decoded again. Only when no sample at all is readable does ``__getitem__`` raise.
+    An image found missing or undecodable at read time is flagged and counted. For
+    training (``skip_unreadable``) it is replaced by the next readable sample (wrapping
+    around; flagged samples are skipped without being decoded again, and only when no
+    sample at all is readable does ``__getitem__`` raise); for evaluation
+    (``skip_unreadable=False``) the sample is returned as ``(None, label)``, so that every
+    sample is scored once. Images with transparency are composited on white (transparent
+    text backgrounds are black underneath) and counted.
 
     Safe with DataLoader workers: the environment is opened lazily, once per process
     (``readonly``, no lock, no readahead), and the unreadable flags live in shared memory.
@@ -322,6 +349,7 @@ class LmdbDataset(Dataset):
         max_length: int | None = 25,
         mode: str = "L",
         transform: Callable[[Image.Image], Any] | None = None,
+        skip_unreadable: bool = True,
     ) -> None:
         if mode not in ("L", "RGB"):
             raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
@@ -330,6 +358,7 @@ class LmdbDataset(Dataset):
         self.max_length = max_length
         self.mode = mode
         self.transform = transform
+        self.skip_unreadable = skip_unreadable
         if not Path(path, "data.mdb").is_file():
             raise FileNotFoundError(f"no LMDB at {path} (expected {path}/data.mdb)")
         self._env: lmdb.Environment | None = None
@@ -347,6 +376,7 @@ class LmdbDataset(Dataset):
         # workers reach the main process (fork and spawn alike); setting a flag is
         # idempotent, so concurrent writers need no lock and re-reads count once.
         self._unreadable = torch.zeros(len(keys), dtype=torch.bool).share_memory_()
+        self._alpha = torch.zeros(len(keys), dtype=torch.bool).share_memory_()
 
     def _open(self) -> lmdb.Environment:
         if self._env is None or self._env_pid != os.getpid():
@@ -371,7 +401,10 @@ class LmdbDataset(Dataset):
             return None
         try:
             with Image.open(io.BytesIO(data)) as img:
-                return img.convert(self.mode)  # convert() decodes: errors surface here
+                img.load()  # decodes: errors surface here
+                if has_alpha(img):
+                    self._alpha[position] = True
+                return to_mode(img, self.mode)
         except _DECODE_ERRORS:
             return None
 
@@ -382,13 +415,14 @@ class LmdbDataset(Dataset):
         position %= n
         for offset in range(n):
             p = (position + offset) % n
-            if self._unreadable[p]:
-                continue
-            image = self._read(p)
-            if image is None:
+            image = None if self._unreadable[p] else self._read(p)
+            if image is None and not self._unreadable[p]:
                 self._unreadable[p] = True
-                log.warning("%s: unreadable image %s, skipped", self.path,
+                log.warning("%s: unreadable image %s", self.path,
                             _image_key(int(self._indices[p])).decode())
+            if image is None:
+                if not self.skip_unreadable:
+                    return None, self.labels[p]
                 continue
             if self.transform is not None:
                 image = self.transform(image)
@@ -405,16 +439,19 @@ class LmdbDataset(Dataset):
             out_of_charset=self._counts["out_of_charset"],
             invalid_label=self._counts["invalid_label"],
             unreadable=int(self._unreadable.sum()),
+            alpha=int(self._alpha.sum()),
             unknown_chars=Counter(self._unknown_chars),
         )
 
     def report(self) -> str:
         """A one-paragraph human-readable summary of :attr:`stats`."""
         s = self.stats
+        longer = f"{s.too_long} longer than {self.max_length}, " if self.max_length else ""
         text = (f"{self.path}: {s.kept}/{s.total} samples kept; filtered: {s.empty} empty, "
-                f"{s.too_long} longer than {self.max_length}, {s.out_of_charset} out of "
+                f"{longer}{s.out_of_charset} out of "
                 f"charset, {s.invalid_label} missing/invalid labels; {s.unreadable} "
-                f"unreadable images skipped")
+                f"unreadable images {'skipped' if self.skip_unreadable else 'scored as wrong'}"
+                f"; {s.alpha} images with an alpha channel composited on white")
         if s.unknown_chars:
             top = ", ".join(f"{c!r}×{k}" for c, k in s.unknown_chars.most_common(10))
             text += f"; most frequent unknown characters: {top}"

@@ -28,18 +28,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 import yaml
 
+from .. import checkpoints
 from . import decoder_eval, default, distributed, finetune, plot, pretrain, supervised
+from .common import check_device
 
-__all__ = ["COMMANDS", "main", "parse", "RUN_CONTROL_KEYS"]
+__all__ = ["COMMANDS", "main", "parse", "RUN_CONTROL_KEYS", "EXECUTION_KEYS"]
 
 COMMANDS = {m.NAME: m for m in (default, pretrain, decoder_eval, finetune, supervised,
                                  plot)}
 
 # Options that steer one invocation and are not part of a run's saved config.
 RUN_CONTROL_KEYS = ("command", "config", "resume", "stop_after")
+# Saved options that change how a run executes, not what it computes: --resume may change
+# them (and a finished run of the default job is reused whatever they were).
+EXECUTION_KEYS = ("run_dir", "workers", "threads", "device", "progress", "tensorboard",
+                  "log_every", "save_every")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -85,14 +90,14 @@ def parse(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     sub = subparsers[args.command]
     valid = {a.dest for a in sub._actions} - {"help"}
-    defaults = {}
+    defaults, saved = {}, {}
     if getattr(args, "config", None):
         defaults.update(_yaml_defaults(args.config, valid))
     if getattr(args, "resume", False):
         last = Path(args.run_dir or defaults.get("run_dir") or "", "last.pt")
         if not last.is_file():
             raise SystemExit(f"error: --resume: no checkpoint at {last}")
-        saved = torch.load(last, map_location="cpu", weights_only=False)["config"]
+        saved = checkpoints.load(last, checkpoints.TRAINING_KINDS)["config"]
         defaults.update({k: v for k, v in saved.items()
                          if k in valid and k not in RUN_CONTROL_KEYS})
     if defaults:
@@ -107,16 +112,63 @@ def parse(argv: Sequence[str] | None = None) -> dict:
     resolve = getattr(COMMANDS[args.command], "resolve_defaults", None)
     if resolve is not None:  # defaults that depend on other options (e.g. the method)
         resolve(config)
+    _validate(sub, config)
+    if saved:
+        _refuse_changes(sub, saved, config)
     return config
+
+
+# Options that must be >= 1 / >= 0 where a subcommand has them (0 batches would never
+# fill one: the sampler looped forever).
+_POSITIVE = ("batch_size", "iterations", "log_every", "save_every", "height", "width",
+             "max_length", "num_windows", "pretrain_steps", "eval_steps")
+_NON_NEGATIVE = ("workers", "threads", "val_every", "stop_after")
+_LMDB_LISTS = ("train", "val", "test")
+
+
+def _validate(parser: argparse.ArgumentParser, config: dict) -> None:
+    """A user's mistake becomes one ``error:`` line before anything is written."""
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    for keys, low in ((_POSITIVE, 1), (_NON_NEGATIVE, 0)):
+        for k in keys:
+            if config.get(k) is not None and config[k] < low:
+                raise SystemExit(f"error: {flags.get(k, k)} must be at least {low}, got "
+                                 f"{config[k]}")
+    for k in _LMDB_LISTS:
+        for path in config.get(k) or ():
+            if not Path(path, "data.mdb").is_file():
+                raise SystemExit(f"error: {flags.get(k, k)} {path}: no LMDB there (expected "
+                                 f"{Path(path, 'data.mdb')})")
+    encoder = config.get("encoder")
+    if encoder and encoder != "random" and not Path(encoder).is_file():
+        raise SystemExit(f"error: --encoder {encoder}: no such file")
+    if config.get("device"):
+        check_device(config["device"])
+
+
+def _refuse_changes(parser: argparse.ArgumentParser, saved: dict, config: dict) -> None:
+    """--resume continues exactly: an option given that changes what the run computes
+    (anything but EXECUTION_KEYS) is an error naming each."""
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    changed = [f"{flags.get(k, k)}: {saved[k]!r} in the run, {config[k]!r} given"
+               for k in sorted(saved) if k in config and k not in RUN_CONTROL_KEYS
+               and k not in EXECUTION_KEYS and config[k] != saved[k]]
+    if changed:
+        raise SystemExit(f"error: --resume continues the run exactly, but these options "
+                         f"change what it computes: {'; '.join(changed)} (start a new "
+                         f"--run-dir to change them)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["default", *argv]  # no subcommand: the built-in demo, with these options
-    config = parse(argv)
-    if config["command"] == "default" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SystemExit("error: default runs in one process; under torchrun run its "
-                         "pretrain and decoder-eval steps")
-    with distributed.session(config):
-        return COMMANDS[config["command"]].run(config)
+    try:
+        config = parse(argv)
+        if config["command"] == "default" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SystemExit("error: default runs in one process; under torchrun run its "
+                             "pretrain and decoder-eval steps")
+        with distributed.session(config):
+            return COMMANDS[config["command"]].run(config)
+    except checkpoints.CheckpointError as e:  # a user's file, not a bug: no traceback
+        raise SystemExit(f"error: {e}") from None

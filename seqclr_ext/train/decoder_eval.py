@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import types
 
-import torch
 import torch.nn as nn
 
+from .. import checkpoints
 from ..models import Recognizer, RecognizerConfig
 from . import distributed
 from .common import (RECOGNIZER_RECIPES, add_model_arguments, add_trainer_arguments,
@@ -54,11 +54,7 @@ def load_encoder(config: dict, charset) -> tuple[Recognizer, list[nn.Module]]:
     if config["encoder"] == "random":
         model = make_recognizer(config, charset)
         return model, model.encoder_modules(config["representation"])
-    ckpt = torch.load(config["encoder"], map_location="cpu", weights_only=False)
-    missing = {"model_config", "encoder_state", "representation"} - set(ckpt)
-    if missing:
-        raise SystemExit(f"error: --encoder {config['encoder']}: not an encoder.pt of "
-                         f"pretrain (missing {sorted(missing)})")
+    ckpt = checkpoints.load(config["encoder"], "encoder")
     model_config = {**ckpt["model_config"], "num_chars": len(charset),
                     "decoder": config["decoder"], "max_length": config["max_length"],
                     "representation": ckpt["representation"]}

@@ -123,17 +123,12 @@ def run_flags(config: dict, *, validate: bool = False) -> list[str]:
     return flags if config["progress"] else [*flags, "--no-progress"]
 
 
-# Options that change how a run executes, not what it computes: a finished run is reused
-# whatever they were.
-_EXECUTION_KEYS = {"workers", "threads", "device", "progress", "tensorboard", "log_every",
-                   "save_every"}
-
 
 def run_once(argv: list[str], run_dir: Path, result: str) -> Path:
     """Runs the subcommand ``argv`` (without --run-dir) in ``run_dir`` unless
     ``run_dir/result`` exists, continuing an interrupted run from its last.pt; returns the
     result's path. A run folder that holds a run of other options is an error, not reused."""
-    from .cli import COMMANDS, RUN_CONTROL_KEYS, parse  # cli lists this module
+    from .cli import COMMANDS, EXECUTION_KEYS, RUN_CONTROL_KEYS, parse  # cli lists this module
     run_dir = Path(run_dir)
     done = (run_dir / result).exists()
     resume = not done and (run_dir / "last.pt").exists()
@@ -141,7 +136,7 @@ def run_once(argv: list[str], run_dir: Path, result: str) -> Path:
     if done or resume:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         differ = [f"{k}: {saved.get(k)!r}, not {v!r}" for k, v in config.items()
-                  if k not in RUN_CONTROL_KEYS and k not in _EXECUTION_KEYS
+                  if k not in RUN_CONTROL_KEYS and k not in EXECUTION_KEYS
                   and saved.get(k) != v]
         if differ:
             raise SystemExit(f"error: {run_dir} holds a run of other options "

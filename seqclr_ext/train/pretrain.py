@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset
 
+from .. import checkpoints
 from ..data import LmdbDataset, RecognitionCollate
 from ..data.augment import make_augment
 from ..methods import SeqCLR, SimAN, SimCLR
@@ -32,7 +33,7 @@ from ..models import HEADS
 from . import distributed
 from .common import (Repeat, add_model_arguments, add_trainer_arguments, apply_recipe,
                      make_charset, make_recognizer, resumable_loader, run_task, seed_everything)
-from .trainer import Task, save_atomic
+from .trainer import Task
 
 NAME = "pretrain"
 HELP = ("self-supervised pre-training of the encoder (SeqCLR, its SimCLR baseline, or SimAN) "
@@ -121,7 +122,7 @@ def _contrastive_task(config: dict, recognizer, batches) -> Task:
         views = [augment(images, widths, generator) for _ in range(2)]
         return model(*views, widths), {}
 
-    return Task(method, batches, loss, best_metric="none")
+    return Task(method, batches, loss, best_metric="none", checkpoint_kind="pretrain")
 
 
 def _siman_task(config: dict, recognizer, batches) -> Task:
@@ -153,7 +154,7 @@ def _siman_task(config: dict, recognizer, batches) -> Task:
         return loss, {**scalars, "narrow_images": narrow}
 
     return Task(method, batches, None, best_metric="none", optimizers=optimizers,
-                schedulers=schedulers, train_step=train_step)
+                schedulers=schedulers, train_step=train_step, checkpoint_kind="siman")
 
 
 def step_generator(config: dict, step: int) -> torch.Generator:
@@ -190,6 +191,6 @@ def run(config: dict) -> int:
     task = make_task(config, recognizer, batches)
     status = run_task(config, task)
     if status == 0 and distributed.is_main():
-        save_atomic(encoder_checkpoint(task.model), run_dir / "encoder.pt")
+        checkpoints.save(encoder_checkpoint(task.model), run_dir / "encoder.pt", "encoder")
         distributed.log(f"encoder: {run_dir / 'encoder.pt'}")
     return status

@@ -97,7 +97,8 @@ def train_recognizer(config: dict, model, charset) -> int:
 
     validate = None
     if config["val"]:
-        val = ConcatDataset([LmdbDataset(p, None, max_length=None) for p in config["val"]])
+        val = ConcatDataset([LmdbDataset(p, None, max_length=None, skip_unreadable=False)
+                             for p in config["val"]])
         val_loader = DataLoader(val, batch_size=bs, num_workers=config["workers"],
                                 collate_fn=eval_collate)
 

@@ -25,9 +25,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .. import checkpoints
 from . import distributed
 
-__all__ = ["Task", "Trainer", "TrainingDiverged", "save_atomic", "rng_state", "set_rng_state",
+__all__ = ["Task", "Trainer", "TrainingDiverged", "rng_state", "set_rng_state",
            "OPTIMIZERS", "SCHEDULES", "make_optimizer", "lr_factor", "make_scheduler"]
 
 
@@ -35,38 +36,20 @@ class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient norm stopped training."""
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: a crash
-    or an error mid-save leaves any previous file at ``path`` intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Every random generator's state, numpy's keys as a tensor (checkpoints hold no
+    numpy arrays: they load without pickle)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -149,6 +132,7 @@ class Task:
     optimizers: dict[str, torch.optim.Optimizer] | None = None
     schedulers: dict[str, Any] | None = None
     train_step: Callable[[Any], tuple[torch.Tensor, dict[str, float]]] | None = None
+    checkpoint_kind: str = "recognizer"   # of last.pt / best.pt (see checkpoints.KINDS)
 
 
 class _Metrics:
@@ -161,7 +145,7 @@ class _Metrics:
         if self.path.exists():
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.reader(f)][1:]
-            rows = [r for r in rows if int(r[0]) <= start_step]
+            rows = [r for r in rows if r and int(r[0]) <= start_step]  # blank lines dropped
         self.file = open(self.path, "w", newline="")
         self.csv = csv.writer(self.file)
         self.csv.writerows([["step", "time", "tag", "value"], *rows])
@@ -250,13 +234,13 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         if self.main:
-            save_atomic(self.state_dict(), path)
+            checkpoints.save(self.state_dict(), path, self.task.checkpoint_kind)
         if path == self.last_path:
             self.saved_step = self.step
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore everything saved by :meth:`save` (the model already built by the task)."""
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        ckpt = checkpoints.load(path, self.task.checkpoint_kind)
         self.model.load_state_dict(ckpt["model"])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(ckpt["optimizers"][name])
