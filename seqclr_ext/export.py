@@ -6,9 +6,9 @@
 The exported graph maps ``images`` [B, C, H, W] (float32, pixels x as (x / 255 - 0.5) / 0.5,
 H the model's height) to ``logits``: CTC [B, T, chars + 1] per frame, attention
 [B, max_length + 1, chars + 2] per greedy step. The batch is dynamic, and so is the width
-for TPS models in both formats and for the others in TorchScript; an ONNX model without
-TPS takes the training width. There are no per-image valid widths: the images of one
-batch share a width. The TPS stage is plain PyTorch ops (the
+of TPS models (which resample any width); models without TPS take the training width.
+There are no per-image valid widths: the images of one batch share a width. The TPS
+stage is plain PyTorch ops (the
 grid as a fixed matrix times the predicted points, then ``grid_sample``), so neither
 file needs seqclr_ext. ONNX: opset 18 by default (GridSample needs >= 16), needs
 ``pip install "seqclr_ext[export]"``.
@@ -146,9 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{out}: {args.format}, {model.config.decoder} decoder, "
-          f"{len(charset)} symbols, input [B, {model.config.in_channels}, "
-          f"{model.config.image_size[0]}, W]")
+    height, width = model.config.image_size
+    width = "W" if model.transformation is not None else width
+    print(f"{out}: {args.format}, {model.config.decoder} decoder, {len(charset)} symbols, "
+          f"input [B, {model.config.in_channels}, {height}, {width}]")
     return 0
 
 
