@@ -25,13 +25,29 @@ from .metrics import evaluate as score
 from .models import Recognizer, RecognizerConfig
 from .train.common import check_device
 
-__all__ = ["load_checkpoint", "predict", "evaluate_dataset", "main"]
+__all__ = ["BUILTIN_CHECKPOINT", "resolve_checkpoint", "load_checkpoint", "predict",
+           "evaluate_dataset", "main"]
 
 METRICS = ("word_accuracy", "ed1_accuracy", "cer", "wer", "one_minus_ned")
+BUILTIN_CHECKPOINT = Path(__file__).parent / "models" / "builtin.pt"
+
+
+def resolve_checkpoint(path):
+    """``"builtin"`` -> the package's built-in recognizer file; any other path unchanged."""
+    if str(path) != "builtin":
+        return path
+    if not BUILTIN_CHECKPOINT.is_file():
+        raise FileNotFoundError(
+            f"checkpoint 'builtin': the built-in model is not shipped yet (no "
+            f"{BUILTIN_CHECKPOINT}); pass a checkpoint of your own (best.pt / last.pt of a "
+            f"training run)")
+    return BUILTIN_CHECKPOINT
 
 
 def load_checkpoint(path, device="cpu") -> tuple[Recognizer, Charset, dict]:
-    """A training checkpoint -> (recognizer in eval mode on ``device``, charset, checkpoint)."""
+    """A training checkpoint (or ``"builtin"``) -> (recognizer in eval mode on ``device``,
+    charset, checkpoint)."""
+    path = resolve_checkpoint(path)
     ckpt = checkpoints.load(path, "recognizer")
     model = Recognizer(RecognizerConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
@@ -90,7 +106,8 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m seqclr_ext.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="best.pt / last.pt of a training run")
+    p.add_argument("--checkpoint", required=True,
+                   help="best.pt / last.pt of a training run, or builtin")
     p.add_argument("--data", required=True, action="append", help="LMDB (repeatable)")
     p.add_argument("--alphanumeric", action="store_true",
                    help="case-insensitive [0-9a-z] scoring (scene-text protocol)")

@@ -167,7 +167,7 @@ def test_convert_folder(tmp_path):
     )
     stats = convert_folder(root, tmp_path / "gt.txt", tmp_path / "db", progress=False)
     assert (stats.written, stats.missing, stats.unreadable, stats.malformed) == (3, 1, 1, 1)
-    assert [line for line, _ in stats.problems] == [2, 3, 6]
+    assert [where for where, _ in stats.problems] == ["line 2", "line 3", "line 6"]
 
     ds = LmdbDataset(tmp_path / "db", Charset.printable())
     assert [(img.size[0], lab) for img, lab in (ds[i] for i in range(len(ds)))] == [

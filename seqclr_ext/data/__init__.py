@@ -1,7 +1,8 @@
 """Data: character sets, LMDB datasets (deep-text-recognition-benchmark layout)."""
 from .batching import RecognitionCollate, ResumableBatchSampler, label_subset, load_or_make_subset
 from .charset import ALPHANUMERIC, FRENCH_ACCENTS, PRINTABLE, Charset
-from .lmdb_dataset import ConvertStats, DatasetStats, LmdbDataset, convert_folder, write_lmdb
+from .convert import ConvertStats, convert_folder
+from .lmdb_dataset import DatasetStats, LmdbDataset, write_lmdb
 from .render import RenderStats, render_split
 
 __all__ = [

@@ -5,6 +5,8 @@ Examples::
     python -m seqclr_ext.data render --split scene-train --num 10000 --out data/scene-train.lmdb
     python -m seqclr_ext.data render --all --out data/          # the default built-in set
     python -m seqclr_ext.data convert images/ gt.txt data/mine.lmdb
+    python -m seqclr_ext.data convert --format iam iam/words iam/ascii/words.txt data/iam.lmdb
+    python -m seqclr_ext.data convert --format filenames mjsynth/ data/mj.lmdb
     python -m seqclr_ext.data inspect data/scene-train.lmdb
     python -m seqclr_ext.data preview data/hand-test.lmdb --out grid.png --num 32
     python -m seqclr_ext.data fonts                             # the font split and its status
@@ -22,7 +24,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import render as R
 from .charset import Charset
-from .lmdb_dataset import LmdbDataset, _image_key, _reader, convert_folder, has_alpha
+from .convert import DEFAULT_LABEL_PATTERN, FORMATS, convert_folder
+from .lmdb_dataset import LmdbDataset, _image_key, _reader, has_alpha
 
 _CHARSETS = {
     "printable": lambda: Charset.printable(),
@@ -71,14 +74,24 @@ def _parser() -> argparse.ArgumentParser:
     _write_options(r)
 
     c = sub.add_parser(
-        "convert", help="build an LMDB from an image folder and a label file",
-        description="Build an LMDB from IMAGE_ROOT and LABEL_FILE (lines 'path<TAB>label', "
-                    "or 'path label' split at the first space; paths relative to "
-                    "IMAGE_ROOT), as deep-text-recognition-benchmark's create_lmdb_dataset."
-                    " Missing or unreadable images are skipped and counted.")
+        "convert", help="build an LMDB from an image folder and its labels",
+        description="Build an LMDB from the images under IMAGE_ROOT and their labels (paths "
+                    "relative to IMAGE_ROOT). --format gt: LABEL_FILE lines 'path<TAB>label' "
+                    "(DTRB's create_lmdb_dataset), 'path, \"label\"' (ICDAR) or 'path label' "
+                    "(split at the first space); iam: IAM's ascii/words.txt with IMAGE_ROOT "
+                    "its words/ folder; doctr: a labels.json {file name: label}; filenames: "
+                    "no LABEL_FILE, each label in its image's file name. Malformed entries "
+                    "and missing or unreadable images are skipped, counted and listed.")
     c.add_argument("image_root", metavar="IMAGE_ROOT")
-    c.add_argument("label_file", metavar="LABEL_FILE")
+    c.add_argument("label_file", metavar="LABEL_FILE", nargs="?",
+                   help="the labels (not with --format filenames)")
     c.add_argument("out", metavar="OUT")
+    c.add_argument("--format", choices=FORMATS, default="gt", help="label layout (default gt)")
+    c.add_argument("--label-pattern", default=DEFAULT_LABEL_PATTERN,
+                   help="--format filenames: regular expression matching a whole file stem, "
+                        "its group 'label' the label (default: 'word', 'word_3', '12_word' "
+                        "and MJSynth's '182_slinking_71711')")
+    c.add_argument("--show", type=int, default=20, help="skipped entries listed (default 20)")
     _write_options(c)
 
     i = sub.add_parser(
@@ -135,13 +148,14 @@ def _render(args) -> int:
 
 
 def _convert(args) -> int:
-    stats = convert_folder(args.image_root, args.label_file, args.out,
-                           overwrite=args.overwrite, progress=not args.no_progress)
+    stats = convert_folder(args.image_root, args.label_file, args.out, format=args.format,
+                           label_pattern=args.label_pattern, overwrite=args.overwrite,
+                           progress=not args.no_progress)
     print(f"{args.out}: {stats}")
-    for line, reason in stats.problems[:20]:
-        print(f"  line {line}: {reason}")
-    if len(stats.problems) > 20:
-        print(f"  ... {len(stats.problems) - 20} more")
+    for where, reason in stats.problems[:args.show]:
+        print(f"  {where}: {reason}")
+    if len(stats.problems) > args.show:
+        print(f"  ... {len(stats.problems) - args.show} more")
     return 0
 
 

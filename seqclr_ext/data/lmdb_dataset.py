@@ -13,8 +13,8 @@ import shutil
 import struct
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
 
@@ -23,12 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from .charset import Charset
 
-__all__ = ["write_lmdb", "convert_folder", "ConvertStats", "LmdbDataset", "DatasetStats",
-           "has_alpha", "to_mode"]
+__all__ = ["write_lmdb", "LmdbDataset", "DatasetStats", "has_alpha", "to_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -124,88 +122,6 @@ def _fill(tmp: Path, samples: Iterable[tuple[bytes | Image.Image, str]], commit_
         return n
     finally:
         env.close()
-
-
-@dataclass
-class ConvertStats:
-    """Outcome of :func:`convert_folder`; ``problems`` lists (line number, reason)."""
-
-    written: int = 0
-    missing: int = 0
-    unreadable: int = 0
-    malformed: int = 0
-    problems: list[tuple[int, str]] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return (f"{self.written} written, {self.missing} missing images, "
-                f"{self.unreadable} unreadable images, {self.malformed} malformed lines")
-
-
-def _split_line(line: str) -> tuple[str, str] | None:
-    # create_lmdb_dataset's format is "path<TAB>label" (the label may contain spaces).
-    # Lines without a tab fall back to "path<SPACE>label", split at the first space, so
-    # space-separated lists work as long as their paths contain no spaces.
-    for sep in ("\t", " "):
-        if sep in line:
-            image_path, label = line.split(sep, 1)
-            return image_path, label
-    return None
-
-
-def convert_folder(
-    image_root: str | os.PathLike,
-    label_file: str | os.PathLike,
-    out_path: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> ConvertStats:
-    """Build an LMDB at ``out_path`` from a folder of images and a label file, the input of
-    deep-text-recognition-benchmark's ``create_lmdb_dataset.py``.
-
-    Each non-empty line of the UTF-8 ``label_file`` is ``path<TAB>label`` (or, without a
-    tab, ``path label`` split at the first space), ``path`` relative to ``image_root``.
-    Images are fully decoded once to check them, then stored as their original bytes.
-    Missing or undecodable images and lines without a separator are skipped and counted
-    (logged as a warning), never fatal.
-    """
-    root = Path(image_root)
-    # utf-8-sig: label files saved by Windows editors may start with a BOM.
-    lines = Path(label_file).read_text(encoding="utf-8-sig").splitlines()
-    stats = ConvertStats()
-
-    def samples() -> Iterator[tuple[bytes, str]]:
-        bar = tqdm(lines, desc=f"lmdb {out_path}", unit="line", disable=not progress)
-        for lineno, line in enumerate(bar, 1):
-            if not line.strip():
-                continue
-            parts = _split_line(line)
-            if parts is None:
-                stats.malformed += 1
-                stats.problems.append((lineno, "no separator"))
-                continue
-            image_path, label = parts
-            try:
-                data = (root / image_path).read_bytes()
-            except OSError:
-                stats.missing += 1
-                stats.problems.append((lineno, f"missing image {image_path}"))
-                continue
-            try:
-                with Image.open(io.BytesIO(data)) as img:
-                    img.load()
-                    if img.width == 0 or img.height == 0:
-                        raise ValueError("empty image")
-            except _DECODE_ERRORS:
-                stats.unreadable += 1
-                stats.problems.append((lineno, f"unreadable image {image_path}"))
-                continue
-            yield data, label
-
-    stats.written = write_lmdb(out_path, samples(), overwrite=overwrite)
-    if stats.problems:
-        log.warning("convert_folder %s: %s", out_path, stats)
-    return stats
 
 
 def has_alpha(image: Image.Image) -> bool:

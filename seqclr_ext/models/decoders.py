@@ -31,6 +31,7 @@ class CTCDecoder(nn.Module):
     """Per-frame Linear(input -> chars + 1) with CTC loss and greedy (best-path) decoding."""
 
     offset = 1  # raw class = charset index + offset
+    class_parameters = ("fc.weight", "fc.bias")  # the parameters indexed by class
 
     def __init__(self, input_size, num_chars):
         super().__init__()
@@ -106,6 +107,8 @@ class AttentionDecoder(nn.Module):
     """
 
     offset = 2
+    # Indexed by class: the generator's outputs and the LSTM cell's one-hot input columns.
+    class_parameters = ("generator.weight", "generator.bias", "attention_cell.rnn.weight_ih")
 
     def __init__(self, input_size, num_chars, hidden_size=256, max_length=25):
         super().__init__()
@@ -134,10 +137,12 @@ class AttentionDecoder(nn.Module):
         z = frames.new_zeros(frames.shape[0], self.hidden_size)
         return z, z
 
-    def forward(self, frames, lengths=None, decoder_inputs=None, max_length=None):
+    def forward(self, frames, lengths=None, decoder_inputs=None, max_length=None,
+                stop_early=True):
         """frames [B, T, D], lengths [B]. With decoder_inputs [B, S] (raw indices, from
         encode_targets): teacher-forced logits [B, S, num_classes]. Without: greedy logits
-        [B, S', num_classes] with S' <= (max_length or self.max_length) + 1."""
+        [B, S', num_classes] with S' <= (max_length or self.max_length) + 1, or S' equal to
+        it when not ``stop_early`` (stopping once every word has emitted [s])."""
         b, t, _ = frames.shape
         valid = None if lengths is None else length_mask(lengths.to(frames.device), t)
         proj = self.attention_cell.i2h(frames)
@@ -159,7 +164,7 @@ class AttentionDecoder(nn.Module):
             outputs.append(logits)
             token = logits.argmax(-1)
             finished |= token == ATTN_EOS
-            if bool(finished.all()):
+            if stop_early and bool(finished.all()):
                 break
         return torch.stack(outputs, dim=1)
 

@@ -131,14 +131,16 @@ class Recognizer(nn.Module):
             widths = None           # rectified images all have the TPS output width
         maps, lengths = self.feature_extractor(images, widths)
         visual = self.map_to_sequence(maps).squeeze(2).transpose(1, 2)   # [B, T, C]
-        if lengths is None:
+        ragged = lengths is not None
+        if not ragged:
             lengths = torch.full((images.shape[0],), visual.shape[1], dtype=torch.long,
                                  device=visual.device)
         feats = {"V": visual, "lengths": lengths}
         if contextual:
             feats["H"] = visual
             if self.sequence_model is not None:
-                feats["H"] = self.sequence_model(visual, lengths)
+                # Equal lengths need no packing (which exported graphs cannot express).
+                feats["H"] = self.sequence_model(visual, lengths if ragged else None)
         return feats
 
     def encode(self, images, widths=None, representation=None):
@@ -181,11 +183,13 @@ class Recognizer(nn.Module):
             return torch.cat([feats["H"], feats["V"]], dim=2)
         return feats[mode]
 
-    def forward(self, images, widths=None, targets=None, target_lengths=None, max_length=None):
+    def forward(self, images, widths=None, targets=None, target_lengths=None, max_length=None,
+                stop_early=True):
         """Training (targets given: charset indices [B, L] padded + target_lengths [B]) or
         inference (no targets). Returns a dict:
         - "logits": CTC [B, T, chars+1] per frame; attention [B, S, chars+2] per step
-          (teacher-forced with targets, greedy otherwise);
+          (teacher-forced with targets, greedy otherwise; ``stop_early=False`` runs all
+          max_length + 1 greedy steps, a graph without data-dependent control flow);
         - "lengths": frames per image [B];
         - "loss": CTC loss / attention cross-entropy (only with targets).
         """
@@ -203,7 +207,8 @@ class Recognizer(nn.Module):
             out["logits"] = self.decoder(frames, lengths, decoder_inputs=dec_in)
             out["loss"] = self.decoder.loss(out["logits"], dec_out)
         else:
-            out["logits"] = self.decoder(frames, lengths, max_length=max_length)
+            out["logits"] = self.decoder(frames, lengths, max_length=max_length,
+                                         stop_early=stop_early)
         return out
 
     def decode(self, output):

@@ -59,6 +59,41 @@ def _tps_kernel(d2):
     return torch.where(positive, 0.5 * d2 * torch.log(safe), torch.zeros_like(d2))
 
 
+def tps_grid_terms(num_points, output_size, *, dtype=torch.float64, device=None):
+    """(P̂ [H_out·W_out, K+3], Δ_C⁻¹ [K+3, K+3]) in ``dtype`` (Δ_C inverted in float64).
+    P̂ rows [1, x, y, U(|p - c_k|)] for the output pixel centres (2k+1)/W_out - 1,
+    row-major (y outer)."""
+    h_out, w_out = (int(s) for s in output_size)
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"output_size must be positive, got {tuple(output_size)}")
+    # Δ_C = [[1, C, U(C, C)], [0, Cᵀ], [0, 1ᵀ]], inverted in float64.
+    c = tps_base_points(num_points, dtype=torch.float64, device=device)
+    u_cc = _tps_kernel(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+    delta = torch.zeros(num_points + 3, num_points + 3, dtype=torch.float64, device=device)
+    delta[:num_points, 0] = 1.0
+    delta[:num_points, 1:3] = c
+    delta[:num_points, 3:] = u_cc
+    delta[num_points:num_points + 2, 3:] = c.t()
+    delta[num_points + 2, 3:] = 1.0
+    inv_delta = torch.linalg.inv(delta).to(dtype)
+
+    ys = (2 * torch.arange(h_out, dtype=dtype, device=device) + 1) / h_out - 1
+    xs = (2 * torch.arange(w_out, dtype=dtype, device=device) + 1) / w_out - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    p = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)                 # [n, 2]
+    u_pc = _tps_kernel(((p[:, None, :] - c.to(dtype)[None, :, :]) ** 2).sum(-1))  # [n, K]
+    p_hat = torch.cat([torch.ones_like(p[:, :1]), p, u_pc], dim=1)            # [n, K+3]
+    return p_hat, inv_delta
+
+
+def tps_grid_matrix(num_points, output_size, *, dtype=torch.float64, device=None):
+    """The TPS grid as a linear map of the control points, A = P̂ Δ_C⁻¹[:, :K] of shape
+    [H_out·W_out, K]: the source points for C′ [B, K, 2] are A C′ (the last 3 rows of
+    [C′; 0] are zero). Computed in float64, returned in ``dtype``."""
+    p_hat, inv_delta = tps_grid_terms(num_points, output_size, device=device)
+    return (p_hat @ inv_delta[:, :num_points]).to(dtype)
+
+
 def tps_grid_sample(image, control_points, output_size):
     """Thin-plate-spline warp (DESIGN.md §2; deep-text-recognition-benchmark's GridGenerator).
 
@@ -81,30 +116,9 @@ def tps_grid_sample(image, control_points, output_size):
         raise ValueError(
             f"control_points must hold an even number K >= 4 of points, got K={num_points}")
     h_out, w_out = (int(s) for s in output_size)
-    if h_out < 1 or w_out < 1:
-        raise ValueError(f"output_size must be positive, got {tuple(output_size)}")
-    device = image.device
     acc = torch.float64 if image.dtype == torch.float64 else torch.float32
-
-    # Δ_C = [[1, C, U(C, C)], [0, Cᵀ], [0, 1ᵀ]], inverted in float64.
-    c = tps_base_points(num_points, dtype=torch.float64, device=device)
-    u_cc = _tps_kernel(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
-    delta = torch.zeros(num_points + 3, num_points + 3, dtype=torch.float64, device=device)
-    delta[:num_points, 0] = 1.0
-    delta[:num_points, 1:3] = c
-    delta[:num_points, 3:] = u_cc
-    delta[num_points:num_points + 2, 3:] = c.t()
-    delta[num_points + 2, 3:] = 1.0
-    inv_delta = torch.linalg.inv(delta).to(acc)
-
-    # P̂ rows [1, x, y, U(|p - c_k|)] for the output pixel centres, row-major (y outer).
-    ys = (2 * torch.arange(h_out, dtype=acc, device=device) + 1) / h_out - 1
-    xs = (2 * torch.arange(w_out, dtype=acc, device=device) + 1) / w_out - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    p = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)                 # [n, 2]
-    u_pc = _tps_kernel(((p[:, None, :] - c.to(acc)[None, :, :]) ** 2).sum(-1))  # [n, K]
-    p_hat = torch.cat([torch.ones_like(p[:, :1]), p, u_pc], dim=1)            # [n, K+3]
-
+    p_hat, inv_delta = tps_grid_terms(num_points, (h_out, w_out), dtype=acc,
+                                      device=image.device)
     cp = control_points.to(acc)
     rhs = torch.cat([cp, cp.new_zeros(cp.shape[0], 3, 2)], dim=1)            # [B, K+3, 2]
     t = torch.matmul(inv_delta, rhs)                                          # [B, K+3, 2]

@@ -10,8 +10,9 @@ from pathlib import Path
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from ..data import LmdbDataset, RecognitionCollate, load_or_make_subset
-from ..evaluate import evaluate_dataset, format_table, predict
+from ..evaluate import evaluate_dataset, format_table, load_checkpoint, predict
 from ..metrics import evaluate as score
+from ..models import Recognizer, RecognizerConfig
 from . import distributed
 from .common import (RECOGNIZER_RECIPES, Repeat, add_model_arguments, add_trainer_arguments,
                      apply_recipe, make_charset, make_recognizer, resumable_loader, run_task,
@@ -40,6 +41,11 @@ def add_data_arguments(p) -> None:
 
 
 def add_arguments(p) -> None:
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from a trained recognizer (best.pt / last.pt, or builtin): its "
+                        "architecture and weights (of the recognizer options only --decoder, "
+                        "--charset and --max-length apply); the output layers start afresh "
+                        "when the charset or the decoder differs")
     add_data_arguments(p)
     add_model_arguments(p)
     add_trainer_arguments(p, iterations=50_000, recipes=RECOGNIZER_RECIPES)
@@ -68,10 +74,40 @@ def training_set(config: dict, charset, run_dir: Path):
     return Subset(data, indices)
 
 
+def init_from_checkpoint(path, charset, decoder: str, max_length: int) -> Recognizer:
+    """The recognizer of checkpoint ``path`` with its weights, for ``charset`` and
+    ``decoder``: another decoder is built afresh, another charset re-initializes the
+    decoder's class-indexed tensors; a log line names the re-initialized tensors."""
+    try:
+        source, source_charset, ckpt = load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: --init {path}: {e}") from None
+    model = Recognizer(RecognizerConfig(**{**asdict(source.config), "num_chars": len(charset),
+                                           "decoder": decoder, "max_length": max_length}))
+    state, why = source.state_dict(), None
+    if source.config.decoder != decoder:
+        why = f"decoder {source.config.decoder} -> {decoder}"
+        state = {k: v for k, v in state.items() if not k.startswith("decoder.")}
+    elif source_charset.symbols != charset.symbols:
+        why = f"charset of {len(source_charset)} -> {len(charset)} symbols"
+        fresh = {"decoder." + name for name in model.decoder.class_parameters}
+        state = {k: v for k, v in state.items() if k not in fresh}
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    note = f"; re-initialized ({why}): {', '.join(missing)}" if missing else ""
+    distributed.log(f"--init {path} (step {ckpt.get('step')}): loaded {len(state)} "
+                    f"tensors{note}")
+    return model
+
+
 def run(config: dict) -> int:
     charset = make_charset(config)
     seed_everything(config["seed"])
-    return train_recognizer(config, make_recognizer(config, charset), charset)
+    if config["init"]:
+        model = init_from_checkpoint(config["init"], charset, config["decoder"],
+                                     config["max_length"])
+    else:
+        model = make_recognizer(config, charset)
+    return train_recognizer(config, model, charset)
 
 
 def train_recognizer(config: dict, model, charset) -> int:
