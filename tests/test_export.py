@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqclr_ext import export
+from seqclr_ext import checkpoints, export
 from seqclr_ext.data import Charset, RecognitionCollate
 from seqclr_ext.data.render import FONT_ROOT, render_sample
 from seqclr_ext.models import Recognizer
@@ -33,9 +33,9 @@ def _checkpoint(path, decoder):
     with torch.no_grad():   # a warp away from the identity, so the TPS grid matters
         model.transformation.localization.fc2.weight.normal_(0, 0.02)
     model.eval()
-    torch.save({"model": model.state_dict(), "model_config": asdict(model.config),
+    checkpoints.save({"model": model.state_dict(), "model_config": asdict(model.config),
                 "charset": {"symbols": charset.symbols, "case_insensitive": False},
-                "config": {"keep_ratio": False}, "step": 0}, path)
+                "config": {"keep_ratio": False}, "step": 0}, path, "recognizer")
     return model, charset
 
 

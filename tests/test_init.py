@@ -5,7 +5,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from seqclr_ext import evaluate
+from seqclr_ext import checkpoints, evaluate
 from seqclr_ext.data import Charset
 from seqclr_ext.models import Recognizer
 from seqclr_ext.train.cli import main
@@ -23,9 +23,9 @@ def source(tmp_path_factory):
     model = Recognizer(num_chars=len(charset), preset="small", tps=False, decoder="ctc",
                        resnet_output_channel=32, resnet_layers=(1, 1, 1, 1), hidden_size=32)
     path = tmp_path_factory.mktemp("init") / "best.pt"
-    torch.save({"model": model.state_dict(), "model_config": asdict(model.config),
+    checkpoints.save({"model": model.state_dict(), "model_config": asdict(model.config),
                 "charset": {"symbols": charset.symbols, "case_insensitive": False},
-                "config": {}, "step": 7}, path)
+                "config": {}, "step": 7}, path, "recognizer")
     return str(path), model.state_dict()
 
 
@@ -69,7 +69,7 @@ def test_supervised_init_end_to_end(source, word_lmdb, tmp_path, capsys, monkeyp
                  "--train", train, "--run-dir", str(tmp_path / "run"), "--iterations", "2",
                  *FAST]) == 0
     assert "re-initialized (charset of 95 -> 36 symbols)" in capsys.readouterr().err
-    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    ckpt = checkpoints.load(tmp_path / "run" / "last.pt", "recognizer")
     assert ckpt["model_config"]["num_chars"] == 36
     assert ckpt["model_config"]["resnet_output_channel"] == 32
 

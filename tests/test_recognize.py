@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import seqclr_ext
-from seqclr_ext import evaluate, recognize
+from seqclr_ext import checkpoints, evaluate, recognize
 from seqclr_ext.data import Charset, RecognitionCollate
 from seqclr_ext.data.render import FONT_ROOT, render_sample
 from seqclr_ext.models import Recognizer
@@ -19,10 +19,10 @@ WORDS = ("cat", "dog", "sun", "tree")
 
 def save_checkpoint(path, model, charset, keep_ratio=False):
     """A checkpoint with the keys a training run writes for a recognizer."""
-    torch.save({"model": model.state_dict(), "model_config": asdict(model.config),
+    checkpoints.save({"model": model.state_dict(), "model_config": asdict(model.config),
                 "charset": {"symbols": charset.symbols,
                             "case_insensitive": charset.case_insensitive},
-                "config": {"keep_ratio": keep_ratio}, "step": 0}, path)
+                "config": {"keep_ratio": keep_ratio}, "step": 0}, path, "recognizer")
     return str(path)
 
 
