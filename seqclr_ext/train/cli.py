@@ -1,25 +1,8 @@
-"""``python -m seqclr_ext.train <subcommand> [options]``; with no arguments, the built-in
-demo (``default``: render data, SeqCLR pre-training, decoder evaluation, a table).
-
-Typical use on your own LMDBs (deep-text-recognition-benchmark layout):
-
-    python -m seqclr_ext.train pretrain --train unlabeled.lmdb --run-dir runs/seqclr
-    python -m seqclr_ext.train decoder-eval --encoder runs/seqclr/encoder.pt
-        --train labelled.lmdb --val val.lmdb --test test.lmdb --run-dir runs/eval
-    python -m seqclr_ext.train finetune --encoder runs/seqclr/encoder.pt
-        --train labelled.lmdb --label-fraction 0.05 --run-dir runs/ft5
-    python -m seqclr_ext.train supervised --train labelled.lmdb --run-dir runs/sup
-
-Every subcommand but ``default`` also runs data-parallel on N GPUs (or CPU processes):
-``torchrun --nproc_per_node N -m seqclr_ext.train pretrain ...``; --batch-size stays the
-global batch (see ``distributed``).
-
-Subcommands live in modules listed in ``COMMANDS``; each defines ``NAME``, ``HELP``,
-``add_arguments(parser)`` and ``run(config: dict) -> int`` (exit status), and optionally
-``resolve_defaults(config)`` for defaults that depend on other options. Option values
-are layered: parser defaults < ``--config`` YAML < the resumed run's saved config
-(``--resume``) < flags given on the command line.
-"""
+"""The ``python -m seqclr_ext.train`` command line: the subcommands of COMMANDS (each
+module defines NAME, HELP, add_arguments(parser), run(config) -> exit status and
+optionally resolve_defaults(config)), parsed into one config dict. Option values are
+layered: parser defaults < --config YAML < the resumed run's saved config (--resume) <
+flags given on the command line."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +16,23 @@ import yaml
 from .. import checkpoints
 from . import decoder_eval, default, distributed, finetune, plot, pretrain, supervised
 from .common import check_device
+
+USAGE = """With no subcommand (or only options), runs the built-in demo: renders scene-like
+word images, pre-trains an encoder with SeqCLR, trains a recognizer on 10 % of the labels
+from scratch and from that encoder, and prints their test scores (`default --help`).
+
+Typical use on your own LMDBs (deep-text-recognition-benchmark layout):
+
+    python -m seqclr_ext.train pretrain --train unlabeled.lmdb --run-dir runs/seqclr
+    python -m seqclr_ext.train decoder-eval --encoder runs/seqclr/encoder.pt \\
+        --train labelled.lmdb --val val.lmdb --test test.lmdb --run-dir runs/eval
+    python -m seqclr_ext.train finetune --encoder runs/seqclr/encoder.pt \\
+        --train labelled.lmdb --label-fraction 0.05 --run-dir runs/ft5
+    python -m seqclr_ext.train supervised --train labelled.lmdb --run-dir runs/sup
+
+Every subcommand but `default` also runs data-parallel on N GPUs (or CPU processes):
+`torchrun --nproc_per_node N -m seqclr_ext.train pretrain ...`; --batch-size stays the
+global batch. Options can also come from a YAML file (--config)."""
 
 __all__ = ["COMMANDS", "main", "parse", "RUN_CONTROL_KEYS", "EXECUTION_KEYS"]
 
@@ -60,7 +60,7 @@ class _Formatter(argparse.HelpFormatter):
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    parser = argparse.ArgumentParser(prog="python -m seqclr_ext.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m seqclr_ext.train", description=USAGE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="subcommand")
     subparsers = {}
