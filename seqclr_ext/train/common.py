@@ -30,6 +30,11 @@ HAS_CUDA = torch.cuda.is_available()
 # the training process there.
 DEFAULT_WORKERS = 4 if HAS_CUDA else 0
 DEFAULT_PRESET = "paper" if HAS_CUDA else "small"
+# Default --iterations: SeqCLR Appendix D's with a GPU; on a CPU, runs that finish in about
+# 12 minutes (recognizer: 88-91 % on scene-test at 3,000 steps, widths 100-128,
+# python/RESULTS.md) and about an hour.
+RECOGNIZER_STEPS = 50_000 if HAS_CUDA else 3_000
+PRETRAIN_STEPS = 400_000 if HAS_CUDA else 5_000
 
 CHARSETS = {"printable": lambda: Charset.printable(),
             "french": lambda: Charset.printable(french=True),

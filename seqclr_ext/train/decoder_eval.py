@@ -19,7 +19,7 @@ import torch.nn as nn
 from .. import checkpoints
 from ..models import Recognizer, RecognizerConfig
 from . import distributed
-from .common import (RECOGNIZER_RECIPES, add_model_arguments, add_trainer_arguments,
+from .common import (RECOGNIZER_RECIPES, RECOGNIZER_STEPS, add_model_arguments, add_trainer_arguments,
                      make_charset, make_recognizer, seed_everything)
 from .supervised import add_data_arguments, resolve_defaults, train_recognizer
 
@@ -39,7 +39,7 @@ def add_arguments(p) -> None:
                         "an encoder.pt says its own")
     add_data_arguments(p)
     add_model_arguments(p)
-    add_trainer_arguments(p, iterations=50_000, recipes=RECOGNIZER_RECIPES)
+    add_trainer_arguments(p, iterations=RECOGNIZER_STEPS, recipes=RECOGNIZER_RECIPES)
 
 
 def _freeze(module: nn.Module) -> None:

@@ -31,7 +31,7 @@ from ..methods.seqclr import MAPPINGS
 from ..methods.siman import crop_patches
 from ..models import HEADS
 from . import distributed
-from .common import (Repeat, add_model_arguments, add_trainer_arguments, apply_recipe,
+from .common import (PRETRAIN_STEPS, Repeat, add_model_arguments, add_trainer_arguments, apply_recipe,
                      make_charset, make_recognizer, resumable_loader, run_task, seed_everything)
 from .trainer import Task
 
@@ -82,7 +82,7 @@ def add_arguments(p) -> None:
                    help="steps between PNG grids in RUN_DIR/samples/; 0: none")
     add_model_arguments(p)
     # 400K iterations for scene text in both papers.
-    add_trainer_arguments(p, iterations=400_000, recipes=CONTRASTIVE_RECIPES)
+    add_trainer_arguments(p, iterations=PRETRAIN_STEPS, recipes=CONTRASTIVE_RECIPES)
 
 
 def encoder_checkpoint(method: SeqCLR | SimCLR | SimAN) -> dict:

@@ -14,7 +14,7 @@ from ..evaluate import evaluate_dataset, format_table, load_checkpoint, predict
 from ..metrics import evaluate as score
 from ..models import Recognizer, RecognizerConfig
 from . import distributed
-from .common import (RECOGNIZER_RECIPES, Repeat, add_model_arguments, add_trainer_arguments,
+from .common import (RECOGNIZER_RECIPES, RECOGNIZER_STEPS, Repeat, add_model_arguments, add_trainer_arguments,
                      apply_recipe, make_charset, make_recognizer, resumable_loader, run_task,
                      seed_everything)
 from .trainer import Task
@@ -48,7 +48,7 @@ def add_arguments(p) -> None:
                         "when the charset or the decoder differs")
     add_data_arguments(p)
     add_model_arguments(p)
-    add_trainer_arguments(p, iterations=50_000, recipes=RECOGNIZER_RECIPES)
+    add_trainer_arguments(p, iterations=RECOGNIZER_STEPS, recipes=RECOGNIZER_RECIPES)
 
 
 def resolve_defaults(config: dict) -> None:
