@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoints
+from .checks import check_device, check_lmdb
 from .data import Charset, LmdbDataset, RecognitionCollate
 from .metrics import evaluate as score
 from .models import Recognizer, RecognizerConfig
-from .train.common import check_device
 
 __all__ = ["BUILTIN_CHECKPOINT", "resolve_checkpoint", "load_checkpoint", "predict",
            "evaluate_dataset", "main"]
@@ -120,9 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1 or args.workers < 0:
         p.error("--batch-size must be at least 1 and --workers at least 0")
     for path in args.data:
-        if not Path(path, "data.mdb").is_file():
-            raise SystemExit(f"error: --data {path}: no LMDB there (expected "
-                             f"{Path(path, 'data.mdb')})")
+        check_lmdb(path, "--data")
     check_device(args.device)
     try:
         model, charset, ckpt = load_checkpoint(args.checkpoint, args.device)

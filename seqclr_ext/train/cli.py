@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from .. import checkpoints
+from ..checks import check_device, check_lmdb
 from . import decoder_eval, default, distributed, finetune, plot, pretrain, supervised
-from .common import check_device
 
 USAGE = """With no subcommand (or only options), runs the built-in demo: renders scene-like
 word images, pre-trains an encoder with SeqCLR, trains a recognizer on 10 % of the labels
@@ -136,9 +136,7 @@ def _validate(parser: argparse.ArgumentParser, config: dict) -> None:
                                  f"{config[k]}")
     for k in _LMDB_LISTS:
         for path in config.get(k) or ():
-            if not Path(path, "data.mdb").is_file():
-                raise SystemExit(f"error: {flags.get(k, k)} {path}: no LMDB there (expected "
-                                 f"{Path(path, 'data.mdb')})")
+            check_lmdb(path, flags.get(k, k))
     encoder = config.get("encoder")
     if encoder and encoder != "random" and not Path(encoder).is_file():
         raise SystemExit(f"error: --encoder {encoder}: no such file")

@@ -22,7 +22,7 @@ from .trainer import OPTIMIZERS, SCHEDULES, Task, Trainer, TrainingDiverged
 
 __all__ = ["Repeat", "add_trainer_arguments", "add_model_arguments", "make_charset",
            "make_recognizer", "seed_everything", "worker_ignore_sigterm", "resumable_loader",
-           "run_task", "SIGTERM_EXIT", "check_device"]
+           "run_task", "SIGTERM_EXIT"]
 
 HAS_CUDA = torch.cuda.is_available()
 # On a CPU, data loading in worker processes competes with torch's threads for the few
@@ -265,18 +265,3 @@ def run_task(config: dict, task: Task) -> int:
         distributed.log(f"done: {trainer.step} steps; {trainer.last_path}{note}")
     return 0
 
-
-def check_device(name: str) -> None:
-    """Exits with one error line if torch device ``name`` does not exist here."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SystemExit(f"error: --device {name}: not a torch device (cpu, cuda, "
-                         "cuda:N, ...)") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise SystemExit(f"error: --device {name}: no CUDA GPU is visible (torch "
-                             f"{torch.__version__}); use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise SystemExit(f"error: --device {name}: only {count} CUDA GPU(s) visible")

@@ -19,8 +19,8 @@ import torch.nn as nn
 from .. import checkpoints
 from ..models import Recognizer, RecognizerConfig
 from . import distributed
-from .common import (RECOGNIZER_RECIPES, RECOGNIZER_STEPS, add_model_arguments, add_trainer_arguments,
-                     make_charset, make_recognizer, seed_everything)
+from .common import (RECOGNIZER_RECIPES, RECOGNIZER_STEPS, add_model_arguments,
+                     add_trainer_arguments, make_charset, make_recognizer, seed_everything)
 from .supervised import add_data_arguments, resolve_defaults, train_recognizer
 
 __all__ = ["NAME", "HELP", "REQUIRED", "add_arguments", "resolve_defaults", "run",

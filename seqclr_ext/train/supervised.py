@@ -14,9 +14,9 @@ from ..evaluate import evaluate_dataset, format_table, load_checkpoint, predict
 from ..metrics import evaluate as score
 from ..models import Recognizer, RecognizerConfig
 from . import distributed
-from .common import (RECOGNIZER_RECIPES, RECOGNIZER_STEPS, Repeat, add_model_arguments, add_trainer_arguments,
-                     apply_recipe, make_charset, make_recognizer, resumable_loader, run_task,
-                     seed_everything)
+from .common import (RECOGNIZER_RECIPES, RECOGNIZER_STEPS, Repeat, add_model_arguments,
+                     add_trainer_arguments, apply_recipe, make_charset, make_recognizer,
+                     resumable_loader, run_task, seed_everything)
 from .trainer import Task
 
 NAME = "supervised"
