@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seqclr_ext.data import Charset, LmdbDataset, render_split
+from seqclr_ext.data import Charset, LmdbDataset, read_meta, render_split, write_lmdb
 from seqclr_ext.data import render as R
 from seqclr_ext.data.__main__ import main
+from seqclr_ext.train.default import built_in_data
 
 SPLITS = ("scene-train", "scene-test", "hand-train", "hand-test")
 
@@ -101,6 +102,25 @@ def test_render_split_is_independent_of_workers(tmp_path):
     assert len(ds) == 12 and ds.stats.total == 12
     img, label = ds[0]
     assert img.height == 32 and label == R.make_sample("hand-test", 0, 1)[1]
+
+
+def test_rendered_data_is_made_again_by_a_new_renderer(tmp_path, monkeypatch):
+    config = {"style": "scene", "num_train": 4, "num_val": 2, "num_test": 3,
+              "data_dir": tmp_path, "progress": False}
+    data = built_in_data(config)
+    assert read_meta(data.train) == R.render_meta("scene-train", 4, 0)
+    assert read_meta(data.val) == R.render_meta("scene-train", 2, 1)
+    assert read_meta(data.test)["renderer"] == R.RENDER_VERSION
+    # Reused as long as the renderer is the same ...
+    mtime = (data.train / "data.mdb").stat().st_mtime_ns
+    assert built_in_data(config) == data and (data.train / "data.mdb").stat().st_mtime_ns == mtime
+    # ... made again when it changed, or when the LMDB does not say (older versions).
+    write_lmdb(data.test, [(R.make_sample("scene-test", 0, 0)[0], "stale")], overwrite=True)
+    assert read_meta(data.test) == {}
+    monkeypatch.setattr(R, "RENDER_VERSION", R.RENDER_VERSION + 1)
+    built_in_data(config)
+    assert read_meta(data.train)["renderer"] == R.RENDER_VERSION
+    assert len(LmdbDataset(data.test, Charset.printable(), max_length=25)) == 3
 
 
 def test_cli_render_inspect_preview(tmp_path, capsys, subprocess_env):

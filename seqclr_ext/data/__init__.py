@@ -2,8 +2,8 @@
 from .batching import RecognitionCollate, ResumableBatchSampler, label_subset, load_or_make_subset
 from .charset import ALPHANUMERIC, FRENCH_ACCENTS, PRINTABLE, Charset
 from .convert import ConvertStats, convert_folder
-from .lmdb_dataset import DatasetStats, LmdbDataset, write_lmdb
-from .render import RenderStats, render_split
+from .lmdb_dataset import DatasetStats, LmdbDataset, read_meta, write_lmdb
+from .render import RenderStats, render_meta, render_split
 
 __all__ = [
     "ALPHANUMERIC",
@@ -18,7 +18,9 @@ __all__ = [
     "DatasetStats",
     "LmdbDataset",
     "convert_folder",
+    "read_meta",
     "write_lmdb",
     "RenderStats",
+    "render_meta",
     "render_split",
 ]

@@ -2,11 +2,14 @@
 
 Keys, all ASCII: ``num-samples`` → decimal count N; for i in 1..N (1-based),
 ``image-%09d`` → the encoded image file's bytes (PNG, JPEG, …) and ``label-%09d`` → the
-label in UTF-8. Existing IAM / RIMES / IIIT5K / Real-300K LMDBs load unchanged.
+label in UTF-8. Existing IAM / RIMES / IIIT5K / Real-300K LMDBs load unchanged. This
+project's writers may add ``meta`` → a JSON object saying how the data was made
+(:func:`read_meta`), which other readers ignore.
 """
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import shutil
@@ -26,7 +29,7 @@ from torch.utils.data import Dataset
 
 from .charset import Charset
 
-__all__ = ["write_lmdb", "LmdbDataset", "DatasetStats", "has_alpha", "to_mode"]
+__all__ = ["write_lmdb", "read_meta", "LmdbDataset", "DatasetStats", "has_alpha", "to_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ def write_lmdb(
     commit_every: int = 1000,
     map_size: int = 64 << 20,
     image_format: str = "PNG",
+    meta: dict | None = None,
 ) -> int:
     """Write ``(image, label)`` samples to a new LMDB directory at ``path``; returns the
     number of samples written.
@@ -83,7 +87,8 @@ def write_lmdb(
     samples and moved to ``path`` only once complete (``num-samples`` written last), so an
     interrupted run never leaves a truncated dataset behind. ``map_size`` is the initial
     map size; it doubles whenever a commit does not fit. An existing ``path`` raises
-    ``FileExistsError`` unless ``overwrite``.
+    ``FileExistsError`` unless ``overwrite``. ``meta`` (JSON-serializable) is stored
+    under the ``meta`` key.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -92,7 +97,7 @@ def write_lmdb(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
-        n = _fill(tmp, samples, commit_every, map_size, image_format)
+        n = _fill(tmp, samples, commit_every, map_size, image_format, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -105,7 +110,7 @@ def write_lmdb(
 
 
 def _fill(tmp: Path, samples: Iterable[tuple[bytes | Image.Image, str]], commit_every: int,
-          map_size: int, image_format: str) -> int:
+          map_size: int, image_format: str, meta: dict | None) -> int:
     env = lmdb.open(str(tmp), map_size=map_size)
     try:
         n = 0
@@ -117,11 +122,31 @@ def _fill(tmp: Path, samples: Iterable[tuple[bytes | Image.Image, str]], commit_
             if n % commit_every == 0:
                 _commit(env, batch)
                 batch.clear()
+        if meta is not None:
+            batch.append((b"meta", json.dumps(meta, sort_keys=True).encode()))
         batch.append((b"num-samples", str(n).encode()))
         _commit(env, batch)
         return n
     finally:
         env.close()
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The ``meta`` object :func:`write_lmdb` stored at ``path`` ({} when none, or when
+    ``path`` is no LMDB)."""
+    if not (Path(path) / "data.mdb").is_file():
+        return {}
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            raw = txn.get(b"meta")
+    finally:
+        env.close()
+    try:
+        meta = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def has_alpha(image: Image.Image) -> bool:

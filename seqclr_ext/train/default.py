@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import yaml
 
-from ..data import render_split
+from ..data import read_meta, render_meta, render_split
 from ..models import PRESETS
 from .common import (DEFAULT_PRESET, DEFAULT_RECIPE, DEFAULT_WORKERS, HAS_CUDA,
                      RECOGNIZER_RECIPES)
@@ -94,9 +94,9 @@ class BuiltInData(NamedTuple):
 
 def built_in_data(config: dict) -> BuiltInData:
     """The style's training, validation and test LMDBs of config's sizes in
-    config["data_dir"], rendered once and reused. Validation images are more of the
-    training split (its fonts and words) from another seed; test images come from the
-    held-out fonts and words."""
+    config["data_dir"], rendered once and reused while the renderer stays the same.
+    Validation images are more of the training split (its fonts and words) from another
+    seed; test images come from the held-out fonts and words."""
     style = config["style"]
     splits = {"train": (f"{style}-train", 0, config["num_train"]),
               "val": (f"{style}-train", 1, config["num_val"]),
@@ -105,8 +105,11 @@ def built_in_data(config: dict) -> BuiltInData:
     for part, (split, seed, num) in splits.items():
         name = split if seed == 0 else f"{style}-val"
         path = paths[part] = Path(config["data_dir"], f"{name}-{num}.lmdb")
-        if not (path / "data.mdb").exists():
-            print(render_split(split, path, num, seed=seed, workers=2,
+        if read_meta(path) != render_meta(split, num, seed):
+            if path.exists():
+                print(f"{path}: rendered by another renderer version; rendering it again",
+                      file=sys.stderr)
+            print(render_split(split, path, num, seed=seed, workers=2, overwrite=True,
                                progress=config["progress"]), file=sys.stderr)
     return BuiltInData(**paths)
 
