@@ -99,12 +99,12 @@ def test_evaluation_scores_every_sample(data, tmp_path, capsys):
     assert result["samples"] == 3 and result["unreadable"] == 1
 
 
-@pytest.mark.parametrize("optimizer,schedule", [("adadelta", "step"), ("adam", "cosine"),
-                                                ("adamw", "onecycle")])
-def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
+@pytest.mark.parametrize("optimizer,schedule,augment", [
+    ("adadelta", "step", "0"), ("adam", "cosine", "0"), ("adamw", "onecycle", "0.5")])
+def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule, augment):
     train, _ = data
     recipe = ["--optimizer", optimizer, "--schedule", schedule, "--warmup", "0.3",
-              "--lr-milestones", "0.5"]
+              "--lr-milestones", "0.5", "--augment", augment]
     assert _train(tmp_path / "straight", train, *recipe) == 0
     assert _train(tmp_path / "split", train, *recipe, "--stop-after", "3") == 0
     assert checkpoints.load(tmp_path / "split" / "last.pt", checkpoints.KINDS)["step"] == 3
@@ -133,6 +133,7 @@ def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
     (["--train", "nope.lmdb"], "--train nope.lmdb: no LMDB there"),
     (["--device", "cuda:99"], "--device cuda:99: (no CUDA GPU is visible|only)"),
     (["--device", "nonsense"], "--device nonsense: not a torch device"),
+    (["--augment", "2"], r"--augment must lie in \[0, 1\], got 2.0"),
 ])
 def test_bad_options_give_one_error_line_and_no_run_folder(data, tmp_path, flags, message):
     train, _ = data

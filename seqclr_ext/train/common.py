@@ -209,6 +209,13 @@ def resumable_loader(data, collate, config: dict, step: int) -> DataLoader:
                       worker_init_fn=worker_ignore_sigterm)
 
 
+def step_generator(config: dict, step: int) -> torch.Generator:
+    """The random source of step ``step``'s augmentations: a function of (seed, step) and
+    the rank, so a resumed run draws what an uninterrupted one would."""
+    seed = (config["seed"] * 1_000_003 + step) * distributed.world_size() + distributed.rank()
+    return torch.Generator(config["device"]).manual_seed(seed)
+
+
 def _saved_config(config: dict) -> dict:
     from .cli import RUN_CONTROL_KEYS
     return {k: v for k, v in config.items() if k not in RUN_CONTROL_KEYS}

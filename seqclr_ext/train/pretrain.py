@@ -33,7 +33,7 @@ from ..models import HEADS
 from . import distributed
 from .common import (PRETRAIN_STEPS, Repeat, add_model_arguments, add_trainer_arguments,
                      apply_recipe, make_charset, make_recognizer, resumable_loader, run_task,
-                     seed_everything)
+                     seed_everything, step_generator)
 from .trainer import Task
 
 NAME = "pretrain"
@@ -156,12 +156,6 @@ def _siman_task(config: dict, recognizer, batches) -> Task:
 
     return Task(method, batches, None, best_metric="none", optimizers=optimizers,
                 schedulers=schedulers, train_step=train_step, checkpoint_kind="siman")
-
-
-def step_generator(config: dict, step: int) -> torch.Generator:
-    """The random source of step ``step``'s views: a function of (seed, step) and the rank."""
-    seed = (config["seed"] * 1_000_003 + step) * distributed.world_size() + distributed.rank()
-    return torch.Generator(config["device"]).manual_seed(seed)
 
 
 def resolve_defaults(config: dict) -> None:

@@ -7,16 +7,19 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from ..data import LmdbDataset, RecognitionCollate, load_or_make_subset
+from ..data.augment import SeqCLRAugment
 from ..evaluate import evaluate_dataset, format_table, load_checkpoint, predict
 from ..metrics import evaluate as score
 from ..models import Recognizer, RecognizerConfig
 from . import distributed
 from .common import (RECOGNIZER_RECIPES, RECOGNIZER_STEPS, Repeat, add_model_arguments,
                      add_trainer_arguments, apply_recipe, make_charset, make_recognizer,
-                     resumable_loader, run_task, seed_everything)
+                     resumable_loader, run_task, seed_everything,
+                     step_generator)
 from .trainer import Task
 
 NAME = "supervised"
@@ -38,6 +41,10 @@ def add_data_arguments(p) -> None:
                    help="reuse exactly the subset saved by another run")
     g.add_argument("--alphanumeric", action="store_true",
                    help="validation and test scored case-insensitively on [0-9a-z]")
+    g.add_argument("--augment", type=float, default=0.0, metavar="P",
+                   help="fraction of the training images drawn through SeqCLR's "
+                        "sequence-preserving augmentations each step (contrast, blur, "
+                        "sharpen, crops, local warp, perspective); 0 = none")
 
 
 def add_arguments(p) -> None:
@@ -53,6 +60,8 @@ def add_arguments(p) -> None:
 
 def resolve_defaults(config: dict) -> None:
     apply_recipe(config, RECOGNIZER_RECIPES)
+    if not 0 <= config["augment"] <= 1:
+        raise SystemExit(f"error: --augment must lie in [0, 1], got {config['augment']}")
 
 
 def training_set(config: dict, charset, run_dir: Path):
@@ -122,12 +131,21 @@ def train_recognizer(config: dict, model, charset) -> int:
     eval_collate = RecognitionCollate(None, height=config["height"], width=config["width"],
                                       keep_ratio=config["keep_ratio"])
 
-    def batches(step: int):
-        return iter(resumable_loader(train, collate, config, step))
+    augment = SeqCLRAugment()
 
-    def loss(model, batch):
+    def batches(step: int):
+        return enumerate(resumable_loader(train, collate, config, step), start=step)
+
+    def loss(model, item):
+        step, batch = item
+        images = batch["images"].to(device)
         widths = batch["widths"].to(device) if batch["widths"] is not None else None
-        out = model(batch["images"].to(device), widths, batch["targets"].to(device),
+        if config["augment"] > 0:
+            generator = step_generator(config, step)
+            chosen = torch.rand(len(images), generator=generator, device=images.device)
+            images = torch.where((chosen < config["augment"])[:, None, None, None],
+                                 augment(images, widths, generator), images)
+        out = model(images, widths, batch["targets"].to(device),
                     batch["target_lengths"].to(device))
         return out["loss"], {}
 
