@@ -315,6 +315,39 @@ def test_losses_and_gradients(decoder, decoder_input):
         assert torch.isfinite(p.grad).all(), name
 
 
+def test_joint_ctc_attention_loss():
+    """ctc_weight λ: the loss is (1 − λ)·attention cross-entropy + λ·CTC of the aux layer
+    on the decoder's frames (both recomputed here from torch's own losses); inference reads
+    the attention only, exactly as a model without the aux layer."""
+    torch.manual_seed(0)
+    model = Recognizer(num_chars=10, preset="small", decoder="attention", max_length=6,
+                       ctc_weight=0.3)
+    images, widths = _images(2, 64), torch.tensor([48, 64])
+    targets, tlen = torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([3, 2])
+    out = model(images, widths, targets, tlen)
+    feats = model.features(images, widths)
+    frames = torch.cat([feats["H"], feats["V"]], 2)
+    _, dec_out = model.decoder.encode_targets(targets, tlen)
+    attention = F.cross_entropy(out["logits"].flatten(0, 1), dec_out.flatten(), ignore_index=0)
+    log_probs = F.log_softmax(model.decoder.ctc.fc(frames), -1).transpose(0, 1)
+    ctc = F.ctc_loss(log_probs, targets + 1, feats["lengths"], tlen, blank=0,
+                     zero_infinity=True)
+    torch.testing.assert_close(out["loss"], 0.7 * attention + 0.3 * ctc)
+    out["loss"].backward()
+    assert model.decoder.ctc.fc.weight.grad.abs().sum() > 0
+    assert "ctc.fc.weight" in model.decoder.class_parameters
+
+    plain = Recognizer(num_chars=10, preset="small", decoder="attention", max_length=6)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.startswith("decoder.ctc.")})
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, widths)["logits"],
+                                   plain(images, widths)["logits"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="ctc_weight must lie in"):
+        Recognizer(num_chars=10, preset="small", decoder="attention", ctc_weight=1.0)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny ops: one thread is faster, and the CI CPU may be shared."""

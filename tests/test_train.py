@@ -134,6 +134,9 @@ def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule, augment):
     (["--device", "cuda:99"], "--device cuda:99: (no CUDA GPU is visible|only)"),
     (["--device", "nonsense"], "--device nonsense: not a torch device"),
     (["--augment", "2"], r"--augment must lie in \[0, 1\], got 2.0"),
+    (["--decoder", "attention", "--ctc-weight", "1"],
+     r"recognizer options: ctc_weight must lie in \[0, 1\), got 1.0"),
+    (["--channels", "17"], "recognizer options: output_channel must be a multiple of 16"),
 ])
 def test_bad_options_give_one_error_line_and_no_run_folder(data, tmp_path, flags, message):
     train, _ = data

@@ -110,13 +110,23 @@ class AttentionDecoder(nn.Module):
     # Indexed by class: the generator's outputs and the LSTM cell's one-hot input columns.
     class_parameters = ("generator.weight", "generator.bias", "attention_cell.rnn.weight_ih")
 
-    def __init__(self, input_size, num_chars, hidden_size=256, max_length=25):
+    def __init__(self, input_size, num_chars, hidden_size=256, max_length=25,
+                 ctc_weight=0.0):
         super().__init__()
         self.num_classes = num_chars + 2
         self.hidden_size = hidden_size
         self.max_length = max_length
         self.attention_cell = AttentionCell(input_size, hidden_size, self.num_classes)
         self.generator = nn.Linear(hidden_size, self.num_classes)
+        # Joint CTC-attention training (Kim, Hori & Watanabe, ICASSP 2017): a CTC layer on
+        # the same frames, trained beside the attention, gives the encoder an alignment
+        # signal from the first step; alone, the attention sits on a plateau of character
+        # frequencies for ~1,500 steps (python/RESULTS.md). Inference uses the attention only.
+        self.ctc_weight = ctc_weight
+        self.ctc = CTCDecoder(input_size, num_chars) if ctc_weight > 0 else None
+        if self.ctc is not None:
+            self.class_parameters = (*type(self).class_parameters,
+                                     *(f"ctc.{name}" for name in CTCDecoder.class_parameters))
 
     def encode_targets(self, targets, target_lengths):
         """Charset targets [B, L] + lengths -> (decoder inputs, decoder targets), [B, L' + 1]
@@ -172,6 +182,13 @@ class AttentionDecoder(nn.Module):
         """Mean token cross-entropy over the non-padding targets."""
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                decoder_targets.reshape(-1).long(), ignore_index=ATTN_GO)
+
+    def joint_loss(self, loss, frames, lengths, targets, target_lengths):
+        """(1 − λ)·``loss`` (the attention's) + λ·CTC loss of the aux layer on ``frames``."""
+        if self.ctc is None:
+            return loss
+        ctc = self.ctc.loss(self.ctc(frames), lengths, targets, target_lengths)
+        return (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
 
     def greedy_decode(self, logits):
         """Logits [B, S, C] -> charset indices up to the first [s] (specials dropped)."""

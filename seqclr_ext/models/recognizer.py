@@ -48,6 +48,7 @@ class RecognizerConfig:
     resnet_layers: tuple | None = None
     hidden_size: int | None = None      # BiLSTM hidden (= output) size
     attention_hidden_size: int | None = None
+    ctc_weight: float = 0.0             # attention: weight of the auxiliary CTC loss
     localization_channels: tuple | None = None
     localization_fc: int | None = None
 
@@ -69,6 +70,8 @@ class RecognizerConfig:
                              f"got {cfg.decoder_input!r}")
         if cfg.representation not in ("H", "V"):
             raise ValueError(f"representation must be 'H' or 'V', got {cfg.representation!r}")
+        if not 0 <= cfg.ctc_weight < 1:
+            raise ValueError(f"ctc_weight must lie in [0, 1), got {cfg.ctc_weight}")
         if cfg.num_chars < 1:
             raise ValueError(f"num_chars must be >= 1, got {cfg.num_chars}")
         return cfg
@@ -110,7 +113,7 @@ class Recognizer(nn.Module):
             self.decoder = CTCDecoder(dec_in, cfg.num_chars)
         else:
             self.decoder = AttentionDecoder(dec_in, cfg.num_chars, cfg.attention_hidden_size,
-                                            cfg.max_length)
+                                            cfg.max_length, cfg.ctc_weight)
 
     # ---------------------------------------------------------------- encoder
     def _widths(self, images, widths):
@@ -191,7 +194,8 @@ class Recognizer(nn.Module):
           (teacher-forced with targets, greedy otherwise; ``stop_early=False`` runs all
           max_length + 1 greedy steps, a graph without data-dependent control flow);
         - "lengths": frames per image [B];
-        - "loss": CTC loss / attention cross-entropy (only with targets).
+        - "loss": CTC loss / attention cross-entropy, mixed with an auxiliary CTC loss when
+          ``ctc_weight`` > 0 (only with targets).
         """
         feats = self.features(images, widths)
         frames, lengths = self._decoder_frames(feats), feats["lengths"]
@@ -205,7 +209,8 @@ class Recognizer(nn.Module):
             dec_in, dec_out = self.decoder.encode_targets(targets.to(frames.device),
                                                           target_lengths.to(frames.device))
             out["logits"] = self.decoder(frames, lengths, decoder_inputs=dec_in)
-            out["loss"] = self.decoder.loss(out["logits"], dec_out)
+            out["loss"] = self.decoder.joint_loss(self.decoder.loss(out["logits"], dec_out),
+                                                  frames, lengths, targets, target_lengths)
         else:
             out["logits"] = self.decoder(frames, lengths, max_length=max_length,
                                          stop_early=stop_early)

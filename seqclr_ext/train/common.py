@@ -160,6 +160,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="ResNet blocks per stage (default: the preset's)")
     g.add_argument("--hidden-size", type=int,
                    help="BiLSTM and attention hidden size (default: the preset's)")
+    g.add_argument("--ctc-weight", type=float, default=0.3, metavar="LAMBDA",
+                   help="attention decoder: weight of an auxiliary CTC loss on the same "
+                        "frames (joint CTC-attention training; it leaves the attention's "
+                        "long initial plateau far sooner, python/RESULTS.md); 0 = none")
     g.add_argument("--charset", choices=sorted(CHARSETS), default="printable",
                    help="95 printable ASCII symbols, + French accents, or [0-9a-z]")
     g.add_argument("--max-length", type=int, default=25, help="longest label kept / decoded")
@@ -175,13 +179,21 @@ def make_charset(config: dict) -> Charset:
 
 
 def make_recognizer(config: dict, charset: Charset) -> Recognizer:
+    try:
+        return _make_recognizer(config, charset)
+    except ValueError as e:  # a model size or weight the options set out of range
+        raise SystemExit(f"error: recognizer options: {e}") from None
+
+
+def _make_recognizer(config: dict, charset: Charset) -> Recognizer:
     return Recognizer(RecognizerConfig(
         num_chars=len(charset), preset=config["preset"], tps=config["tps"],
         sequence_model=config["bilstm"], decoder=config["decoder"],
         decoder_input=config["decoder_input"], image_size=(config["height"], config["width"]),
         max_length=config["max_length"], resnet_output_channel=config["channels"],
         resnet_layers=config["blocks"], hidden_size=config["hidden_size"],
-        attention_hidden_size=config["hidden_size"]))
+        attention_hidden_size=config["hidden_size"],
+        ctc_weight=config["ctc_weight"] if config["decoder"] == "attention" else 0.0))
 
 
 def seed_everything(seed: int) -> None:
