@@ -35,7 +35,7 @@ def _same(a, b, keys):
 
 def test_same_charset_and_decoder_loads_everything(source, capsys):
     path, state = source
-    model = init_from_checkpoint(path, Charset.printable(), "ctc", 25)
+    model = init_from_checkpoint(path, Charset.printable(), "ctc", 25, 0.0)
     assert model.config.resnet_output_channel == 32      # the checkpoint's architecture
     assert _same(model.state_dict(), state, state)
     assert f"--init {path} (step 7): loaded {len(state)} tensors\n" in capsys.readouterr().err
@@ -43,7 +43,7 @@ def test_same_charset_and_decoder_loads_everything(source, capsys):
 
 def test_charset_change_reinitializes_the_output_layer(source, capsys):
     path, state = source
-    model = init_from_checkpoint(path, Charset.alphanumeric(), "ctc", 25)
+    model = init_from_checkpoint(path, Charset.alphanumeric(), "ctc", 25, 0.0)
     fresh = ["decoder.fc.weight", "decoder.fc.bias"]
     assert model.decoder.fc.weight.shape[0] == 36 + 1
     assert _same(model.state_dict(), state, [k for k in state if k not in fresh])
@@ -53,13 +53,13 @@ def test_charset_change_reinitializes_the_output_layer(source, capsys):
 
 def test_decoder_change_rebuilds_the_decoder(source, capsys):
     path, state = source
-    model = init_from_checkpoint(path, Charset.alphanumeric(), "attention", 10)
+    model = init_from_checkpoint(path, Charset.alphanumeric(), "attention", 10, 0.3)
     assert model.config.decoder == "attention" and model.config.max_length == 10
     kept = [k for k in state if not k.startswith("decoder.")]
     assert _same(model.state_dict(), state, kept)
     err = capsys.readouterr().err
     assert "re-initialized (decoder ctc -> attention): decoder.attention_cell" in err
-    assert "decoder.generator.weight" in err
+    assert "decoder.generator.weight" in err and "decoder.ctc.fc.weight" in err
 
 
 def test_supervised_init_end_to_end(source, word_lmdb, tmp_path, capsys, monkeypatch):
@@ -75,4 +75,4 @@ def test_supervised_init_end_to_end(source, word_lmdb, tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(evaluate, "BUILTIN_CHECKPOINT", tmp_path / "builtin.pt")
     with pytest.raises(SystemExit, match="--init builtin: .*not shipped yet"):
-        init_from_checkpoint("builtin", Charset.alphanumeric(), "ctc", 25)
+        init_from_checkpoint("builtin", Charset.alphanumeric(), "ctc", 25, 0.0)

@@ -193,7 +193,7 @@ def _make_recognizer(config: dict, charset: Charset) -> Recognizer:
         max_length=config["max_length"], resnet_output_channel=config["channels"],
         resnet_layers=config["blocks"], hidden_size=config["hidden_size"],
         attention_hidden_size=config["hidden_size"],
-        ctc_weight=config["ctc_weight"] if config["decoder"] == "attention" else 0.0))
+        ctc_weight=config["ctc_weight"]))
 
 
 def seed_everything(seed: int) -> None:

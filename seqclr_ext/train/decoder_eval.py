@@ -57,7 +57,7 @@ def load_encoder(config: dict, charset) -> tuple[Recognizer, list[nn.Module]]:
     ckpt = checkpoints.load(config["encoder"], "encoder")
     model_config = {**ckpt["model_config"], "num_chars": len(charset),
                     "decoder": config["decoder"], "max_length": config["max_length"],
-                    "representation": ckpt["representation"]}
+                    "ctc_weight": config["ctc_weight"], "representation": ckpt["representation"]}
     model = Recognizer(RecognizerConfig(**model_config))
     state = ckpt["encoder_state"]
     prefixes = {k.split(".", 1)[0] for k in state}

@@ -83,7 +83,8 @@ def training_set(config: dict, charset, run_dir: Path):
     return Subset(data, indices)
 
 
-def init_from_checkpoint(path, charset, decoder: str, max_length: int) -> Recognizer:
+def init_from_checkpoint(path, charset, decoder: str, max_length: int,
+                         ctc_weight: float) -> Recognizer:
     """The recognizer of checkpoint ``path`` with its weights, for ``charset`` and
     ``decoder``: another decoder is built afresh, another charset re-initializes the
     decoder's class-indexed tensors; a log line names the re-initialized tensors."""
@@ -92,7 +93,8 @@ def init_from_checkpoint(path, charset, decoder: str, max_length: int) -> Recogn
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: --init {path}: {e}") from None
     model = Recognizer(RecognizerConfig(**{**asdict(source.config), "num_chars": len(charset),
-                                           "decoder": decoder, "max_length": max_length}))
+                                           "decoder": decoder, "max_length": max_length,
+                                           "ctc_weight": ctc_weight}))
     state, why = source.state_dict(), None
     if source.config.decoder != decoder:
         why = f"decoder {source.config.decoder} -> {decoder}"
@@ -113,7 +115,7 @@ def run(config: dict) -> int:
     seed_everything(config["seed"])
     if config["init"]:
         model = init_from_checkpoint(config["init"], charset, config["decoder"],
-                                     config["max_length"])
+                                     config["max_length"], config["ctc_weight"])
     else:
         model = make_recognizer(config, charset)
     return train_recognizer(config, model, charset)
