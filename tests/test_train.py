@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import lmdb
 import pytest
 import torch
 from PIL import Image
@@ -99,6 +100,22 @@ def test_evaluation_scores_every_sample(data, tmp_path, capsys):
     assert result["samples"] == 3 and result["unreadable"] == 1
 
 
+def test_labels_empty_under_alphanumeric_are_reported_not_scored(data, tmp_path, capsys):
+    """A punctuation-only label has no words under --alphanumeric: scoring it would add
+    only insertions (the WER 1.0030 of issue 15); it is counted and left out."""
+    train, _ = data
+    assert _train(tmp_path / "run", train, "--decoder", "ctc", iterations=1) == 0
+    word = Image.new("L", (40, 20), 255)
+    write_lmdb(tmp_path / "test", [(word, "cat"), (word, "!!"), (word, "Sun!")])
+    out = tmp_path / "m.json"
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--data",
+                              str(tmp_path / "test"), "--alphanumeric", "--json", str(out)]) == 0
+    assert (f"{tmp_path / 'test'}: empty labels: 1 (nothing left under the alphanumeric"
+            in capsys.readouterr().out)
+    result = json.loads(out.read_text())["results"][str(tmp_path / "test")]
+    assert result["samples"] == 2 and result["empty_labels"] == 1 and result["wer"] <= 1
+
+
 @pytest.mark.parametrize("optimizer,schedule", [("adadelta", "step"), ("adam", "cosine"),
                                                 ("adamw", "onecycle")])
 def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
@@ -133,6 +150,17 @@ def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
     (["--train", "nope.lmdb"], "--train nope.lmdb: no LMDB there"),
     (["--device", "cuda:99"], "--device cuda:99: (no CUDA GPU is visible|only)"),
     (["--device", "nonsense"], "--device nonsense: not a torch device"),
+    (["--label-fraction", "0"], r"--label-fraction must be in \(0, 1\], got 0.0"),
+    (["--label-fraction", "2"], r"--label-fraction must be in \(0, 1\], got 2.0"),
+    (["--lr", "-1"], "--lr must be greater than 0, got -1.0"),
+    (["--warmup", "1"], r"--warmup must be in \[0, 1\), got 1.0"),
+    (["--lr-milestones", "0.5", "1.5"], r"--lr-milestones must be in \[0, 1\], got 1.5"),
+    (["--height", "31"], "--height must be at least 32, got 31"),   # the ResNet's least
+    (["--channels", "17"], "--channels must be a positive multiple of 16, got 17"),
+    (["--blocks", "1", "0", "1", "1"], "--blocks must be at least 1, got 0"),
+    (["--label-subset", "nope.json"], "--label-subset nope.json: no such file"),
+    (["--init", "nope.pt"], "--init nope.pt: no such file"),
+    (["--config", "nope.yaml"], "--config nope.yaml: no such file"),
 ])
 def test_bad_options_give_one_error_line_and_no_run_folder(data, tmp_path, flags, message):
     train, _ = data
@@ -142,6 +170,64 @@ def test_bad_options_give_one_error_line_and_no_run_folder(data, tmp_path, flags
     assert not run.exists()
     with pytest.raises(SystemExit, match="^error: --data nope: no LMDB"):
         evaluate_cli.main(["--checkpoint", "x.pt", "--data", "nope"])
+
+
+@pytest.mark.parametrize("command, flags, message", [
+    ("pretrain", ["--temperature", "0"], "--temperature must be greater than 0, got 0.0"),
+    ("pretrain", ["--method", "siman", "--siman-kernel", "4"],
+     "--siman-kernel must be odd and at least 1, got 4"),
+    ("pretrain", ["--method", "siman", "--sample-every", "-1"],
+     "--sample-every must be at least 0, got -1"),
+    ("decoder-eval", ["--encoder", __file__], f"--encoder {__file__}: not a seqclr_ext checkpoint"),
+])
+def test_bad_options_of_other_subcommands(data, tmp_path, command, flags, message):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit, match=f"^error: {message}"):
+        main([command, "--train", data[0], "--run-dir", str(run), *FAST, *flags])
+    assert not run.exists()
+    with pytest.raises(SystemExit, match="^error: --num-train must be at least 1, got 0"):
+        main(["default", "--num-train", "0", "--run-dir", str(run), "--data-dir", str(run)])
+
+
+@pytest.mark.parametrize("count", [b"abc", b"-3"])
+def test_malformed_sample_count_is_one_error_line(tmp_path, word_lmdb, count):
+    db = word_lmdb(tmp_path / "db", WORDS)
+    with lmdb.open(db) as env, env.begin(write=True) as txn:
+        txn.put(b"num-samples", count)
+    with pytest.raises(SystemExit, match=rf"^error: --train {db}: 'num-samples' is "
+                                         rf"{count!r}, not a sample count"):
+        main(["supervised", "--train", db, "--run-dir", str(tmp_path / "run"), *FAST])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_failing_before_its_first_checkpoint_leaves_no_folder(data, tmp_path,
+                                                                     monkeypatch):
+    """config.yaml, metrics.csv and tensorboard/ are written before the first step; a run
+    that dies there is removed, one that saved a checkpoint is kept, and so is a folder
+    the run did not create."""
+    original, calls = CTCDecoder.loss, []
+
+    def broken(self, *args):
+        calls.append(1)
+        if len(calls) >= fail_at:
+            raise RuntimeError("a bug")
+        return original(self, *args)
+
+    monkeypatch.setattr(CTCDecoder, "loss", broken)
+    train, _ = data
+    fail_at = 1
+    with pytest.raises(RuntimeError, match="a bug"):
+        _train(tmp_path / "run", train, "--decoder", "ctc", "--label-fraction", "0.5")
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(RuntimeError):
+        _train(tmp_path / "mine", train, "--decoder", "ctc")
+    assert (tmp_path / "mine").is_dir()
+    calls.clear()
+    fail_at = 3
+    with pytest.raises(RuntimeError):
+        _train(tmp_path / "saved", train, "--decoder", "ctc", "--save-every", "1")
+    assert checkpoints.load(tmp_path / "saved" / "last.pt", "recognizer")["step"] == 2
 
 
 def test_metrics_csv_with_a_blank_line_resumes(tmp_path):

@@ -128,7 +128,8 @@ def run_once(argv: list[str], run_dir: Path, result: str) -> Path:
     """Runs the subcommand ``argv`` (without --run-dir) in ``run_dir`` unless
     ``run_dir/result`` exists, continuing an interrupted run from its last.pt; returns the
     result's path. A run folder that holds a run of other options is an error, not reused."""
-    from .cli import COMMANDS, EXECUTION_KEYS, RUN_CONTROL_KEYS, parse  # cli lists this module
+    from .cli import (COMMANDS, EXECUTION_KEYS, RUN_CONTROL_KEYS,  # cli lists this module
+                      parse, removed_if_unstarted)
     run_dir = Path(run_dir)
     done = (run_dir / result).exists()
     resume = not done and (run_dir / "last.pt").exists()
@@ -142,7 +143,8 @@ def run_once(argv: list[str], run_dir: Path, result: str) -> Path:
             raise SystemExit(f"error: {run_dir} holds a run of other options "
                              f"({'; '.join(differ)}): remove it or choose another folder")
     if not done:
-        status = COMMANDS[config["command"]].run(config)
+        with removed_if_unstarted(run_dir):
+            status = COMMANDS[config["command"]].run(config)
         if status != 0:
             raise SystemExit(status)
     return run_dir / result
@@ -163,9 +165,6 @@ METRICS = {"word accuracy": "word_accuracy", "ED1 accuracy": "ed1_accuracy", "CE
 
 
 def run(config: dict) -> int:
-    if not 0 < config["label_fraction"] <= 1:
-        raise SystemExit(f"error: --label-fraction must lie in (0, 1], got "
-                         f"{config['label_fraction']}")
     data = built_in_data(config)
     root = Path(config["run_dir"])
     encoder = run_once(["pretrain", "--train", str(data.train),
