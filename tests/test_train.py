@@ -375,3 +375,21 @@ def test_yaml_config_and_flag_override(tmp_path):
     cfg.write_text("trian: a\n")
     with pytest.raises(SystemExit):
         parse(["supervised", "--config", str(cfg)])
+
+
+def test_help_is_written_for_users(capsys):
+    """Every option of every subcommand has a help text, and the top-level help shows no
+    developer markup (reST double backticks)."""
+    from seqclr_ext.train.cli import build_parser
+    parser, subs = build_parser()
+    for name, sub in subs.items():
+        assert [a.option_strings for a in sub._actions if not a.help] == [], name
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults")
+def test_pretrain_has_cpu_defaults_without_a_gpu(data, tmp_path):
+    config = parse(["pretrain", "--train", data[0], "--run-dir", str(tmp_path / "r")])
+    assert (config["device"], config["iterations"], config["workers"]) == ("cpu", 5000, 0)
