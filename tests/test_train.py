@@ -131,6 +131,7 @@ def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule):
     a = checkpoints.load(tmp_path / "straight" / "last.pt", checkpoints.KINDS)
     b = checkpoints.load(tmp_path / "split" / "last.pt", checkpoints.KINDS)
     assert a["step"] == b["step"] == 6
+    assert not (tmp_path / "straight" / "best.pt").exists()   # best.pt needs --val (README)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     for k, state in a["optimizers"]["main"]["state"].items():
@@ -183,7 +184,8 @@ def test_bad_options_give_one_error_line_and_no_run_folder(data, tmp_path, flags
 def test_bad_options_of_other_subcommands(data, tmp_path, command, flags, message):
     run = tmp_path / "run"
     with pytest.raises(SystemExit, match=f"^error: {message}"):
-        main([command, "--train", data[0], "--run-dir", str(run), *FAST, *flags])
+        main([command, "--train", data[0], "--run-dir", str(run), "--iterations", "2", *FAST,
+              *flags])
     assert not run.exists()
     with pytest.raises(SystemExit, match="^error: --num-train must be at least 1, got 0"):
         main(["default", "--num-train", "0", "--run-dir", str(run), "--data-dir", str(run)])
@@ -392,4 +394,5 @@ def test_help_is_written_for_users(capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults")
 def test_pretrain_has_cpu_defaults_without_a_gpu(data, tmp_path):
     config = parse(["pretrain", "--train", data[0], "--run-dir", str(tmp_path / "r")])
-    assert (config["device"], config["iterations"], config["workers"]) == ("cpu", 5000, 0)
+    assert (config["device"], config["iterations"], config["workers"], config["preset"]) == (
+        "cpu", 5000, 0, "small")

@@ -58,7 +58,7 @@ def add_experiment_arguments(p) -> None:
     g = p.add_argument_group("runs")
     g.add_argument("--run-dir", help="folder of the runs")
     g.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
-                   help="recognizer sizes (default: paper with a GPU, small without)")
+                   help="recognizer sizes: small without a GPU, paper with one")
     g.add_argument("--recipe", choices=tuple(RECOGNIZER_RECIPES), default=DEFAULT_RECIPE,
                    help="optimization recipe of every run (see train supervised --help)")
     # CPU defaults: the demo's three runs fit 10 minutes on 2 cores (measured, README).
@@ -68,8 +68,8 @@ def add_experiment_arguments(p) -> None:
                    help="steps of each recognizer run (decoder evaluation, fine-tuning, "
                         "supervised)")
     g.add_argument("--batch-size", type=int, default=None if HAS_CUDA else 32,
-                   help="batch of every run (default: 32 on a CPU; with a GPU the recipe's "
-                        "for each kind of run)")
+                   help="batch of every run: 32 without a GPU; with one, the recipe's for "
+                        "each kind of run")
     g.add_argument("--width", type=int, default=100,
                    help="image width of every run (height 32); wider reads long words better")
     g.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
