@@ -20,7 +20,7 @@ naming the file and what is wrong, never an unpickled object. Kinds (``KINDS``):
   ``representation``), read by decoder-eval and finetune.
 
 Saves are atomic: a temporary file in the same folder, fsync, rename; temporary files left
-by killed processes are removed by the next save to that path.
+by killed processes are removed by the next save into that folder.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import io
 import json
 import os
 import pickle
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -72,12 +73,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_temps(path: Path) -> None:
-    """Temporary files of this path whose writer is dead (killed mid-save)."""
-    prefix = f".{path.name}.tmp"
-    for tmp in path.parent.glob(f"{prefix}*"):
-        pid = tmp.name[len(prefix):]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+_TEMP = re.compile(r"\..+\.tmp(\d+)")   # what save() writes before its rename
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Temporary files in ``folder`` whose writer is dead (killed mid-save), of any file:
+    a killed save of best.pt may never be followed by another save of best.pt."""
+    for tmp in folder.glob(".*.tmp*"):
+        match = _TEMP.fullmatch(tmp.name)
+        if match and int(match[1]) != os.getpid() and not _pid_alive(int(match[1])):
             tmp.unlink(missing_ok=True)
 
 
@@ -90,7 +94,7 @@ def save(obj: Any, path: str | os.PathLike, kind: str) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     payload = buffer.getvalue()
-    _remove_stale_temps(path)
+    _remove_stale_temps(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:

@@ -6,7 +6,8 @@
 Prints word accuracy, accuracy up to one edit (ED1), CER, WER and 1 − NED per dataset.
 Every sample of the LMDB is scored (no charset / length filtering): labels the model
 cannot spell count as errors, and so do unreadable images (as empty predictions; their
-number is reported).
+number is reported). With --alphanumeric, labels left empty by its normalization (pure
+punctuation) cannot be scored; their number is reported.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoints
-from .checks import check_device, check_lmdb
+from .checks import check_device, check_lmdb, check_range
 from .data import Charset, LmdbDataset, RecognitionCollate
 from .metrics import evaluate as score
 from .models import Recognizer, RecognizerConfig
@@ -100,6 +101,9 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
                     + " ".join(f"{m[k]:>13.4f}" for k in METRICS))
     rows += [f"{name}: unreadable: {m['unreadable']} (scored as wrong, empty predictions)"
              for name, m in results.items() if m.get("unreadable")]
+    rows += [f"{name}: empty labels: {m['empty_labels']} (nothing left under the "
+             "alphanumeric normalization; not scored)"
+             for name, m in results.items() if m.get("empty_labels")]
     return "\n".join(rows)
 
 
@@ -117,22 +121,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", help="write the metrics here as JSON")
     p.add_argument("--predictions", help="write 'dataset<TAB>label<TAB>prediction' lines here")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.workers < 0:
-        p.error("--batch-size must be at least 1 and --workers at least 0")
+    check_range(args.batch_size, "--batch-size", 1)
+    check_range(args.workers, "--workers", 0)
     for path in args.data:
         check_lmdb(path, "--data")
     check_device(args.device)
     try:
         model, charset, ckpt = load_checkpoint(args.checkpoint, args.device)
-    except checkpoints.CheckpointError as e:
+    except (checkpoints.CheckpointError, FileNotFoundError) as e:  # e names the file
         raise SystemExit(f"error: --checkpoint {e}") from None
     collate = collate_for(ckpt)
     mode = "RGB" if ckpt["model_config"].get("in_channels", 1) == 3 else "L"
     results, lines = {}, []
     for path in args.data:
-        metrics, preds, labels = evaluate_dataset(
-            model, charset, path, collate, device=args.device, batch_size=args.batch_size,
-            workers=args.workers, alphanumeric=args.alphanumeric, mode=mode)
+        try:
+            metrics, preds, labels = evaluate_dataset(
+                model, charset, path, collate, device=args.device, batch_size=args.batch_size,
+                workers=args.workers, alphanumeric=args.alphanumeric, mode=mode)
+        except ValueError as e:   # the LMDB's samples (none to score, ...), not a bug here
+            raise SystemExit(f"error: --data {path}: {e}") from None
         results[path] = metrics
         lines += [f"{path}\t{g}\t{q}" for q, g in zip(preds, labels)]
     print(f"checkpoint {args.checkpoint} (step {ckpt.get('step')}), "

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_range
 from .data import Charset
 from .evaluate import load_checkpoint
 from .models import Recognizer
@@ -140,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 16)")
     args = p.parse_args(argv)
+    if args.format == "onnx":
+        check_range(args.opset, "--opset", 16)
     try:
         model, charset, ckpt = load_checkpoint(args.checkpoint)
         out = export(model, charset, ckpt, args.format, args.out, opset=args.opset)

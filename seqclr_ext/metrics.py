@@ -4,7 +4,10 @@ edit (ED1), CER, WER and the ICDAR 2019 normalized edit distance score.
 Every metric takes parallel sequences of predicted and ground-truth strings. With
 ``alphanumeric=True`` both sides are lower-cased and stripped of every character outside
 ``[0-9a-z]`` first: the 36-symbol, case-insensitive protocol of the scene-text benchmarks
-(IIIT5K, IC03, IC13). Pure Python, no torch: usable from any evaluation script.
+(IIIT5K, IC03, IC13). Labels left empty by that normalization (pure punctuation) have
+nothing to read under the protocol and are not scored: against an empty reference any
+prediction is all insertions, which pushed the corpus WER above 1 (``evaluate`` counts
+them, ``empty_labels``). Pure Python, no torch: usable from any evaluation script.
 """
 from __future__ import annotations
 
@@ -57,18 +60,32 @@ def to_alphanumeric(text: str) -> str:
     return _NOT_ALNUM.sub("", text.lower())
 
 
-def _pairs(
+def _scored(
     predictions: Sequence[str], labels: Sequence[str], alphanumeric: bool
 ) -> list[tuple[str, str]]:
+    """The (prediction, label) pairs that are scored, as given: with ``alphanumeric``,
+    those whose label keeps a character after normalization."""
     if len(predictions) != len(labels):
         raise ValueError(
             f"predictions and labels differ in length: {len(predictions)} vs {len(labels)}"
         )
     if not labels:
         raise ValueError("no samples to evaluate")
+    pairs = [(p, g) for p, g in zip(predictions, labels) if not alphanumeric or to_alphanumeric(g)]
+    if not pairs:
+        raise ValueError(f"no samples to evaluate: all {len(labels)} labels are empty under "
+                         "alphanumeric normalization")
+    return pairs
+
+
+def _pairs(
+    predictions: Sequence[str], labels: Sequence[str], alphanumeric: bool
+) -> list[tuple[str, str]]:
+    """The scored pairs, normalized."""
+    pairs = _scored(predictions, labels, alphanumeric)
     if alphanumeric:
-        return [(to_alphanumeric(p), to_alphanumeric(g)) for p, g in zip(predictions, labels)]
-    return list(zip(predictions, labels))
+        return [(to_alphanumeric(p), to_alphanumeric(g)) for p, g in pairs]
+    return pairs
 
 
 def _char_stats(
@@ -122,11 +139,11 @@ def _words(text: str, alphanumeric: bool) -> list[str]:
 def wer(predictions: Sequence[str], labels: Sequence[str], *, alphanumeric: bool = False) -> float:
     """Word error rate: total word-level edit distance / total label words, words being
     whitespace-separated tokens. With ``alphanumeric`` each word is normalized and words
-    left empty (pure punctuation) are dropped."""
-    # Validate with _pairs, but split the raw strings: normalization works per word here.
-    _pairs(predictions, labels, False)
+    left empty (pure punctuation) are dropped. Above 1 when predictions hold more words
+    than their labels (insertions)."""
     errors = total = 0
-    for p, g in zip(predictions, labels):
+    # The raw strings: normalization works per word here.
+    for p, g in _scored(predictions, labels, alphanumeric):
         pw, gw = _words(p, alphanumeric), _words(g, alphanumeric)
         errors += edit_distance(pw, gw)
         total += len(gw)
@@ -152,13 +169,15 @@ def evaluate(
 ) -> dict[str, float]:
     """All metrics in one pass over the character edit distances.
 
-    Returns ``samples`` (count), ``word_accuracy``, ``ed1_accuracy``, ``cer``, ``wer`` and
-    ``one_minus_ned``; accuracies and rates are fractions, not percentages."""
+    Returns ``samples`` (the count scored), ``empty_labels`` (those not scored: empty
+    under the alphanumeric normalization), ``word_accuracy``, ``ed1_accuracy``, ``cer``,
+    ``wer`` and ``one_minus_ned``; accuracies and rates are fractions, not percentages."""
     pairs = _pairs(predictions, labels, alphanumeric)
     stats = [(edit_distance(p, g), len(p), len(g)) for p, g in pairs]
     n = len(stats)
     return {
         "samples": n,
+        "empty_labels": len(labels) - n,
         "word_accuracy": sum(p == g for p, g in pairs) / n,
         "ed1_accuracy": sum(d <= 1 for d, _, _ in stats) / n,
         "cer": _ratio(sum(d for d, _, _ in stats), sum(lg for _, _, lg in stats)),

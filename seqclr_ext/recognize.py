@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .checks import check_device, check_range
 from .data import Charset, RecognitionCollate
 from .data.convert import IMAGE_SUFFIXES
 from .data.lmdb_dataset import _DECODE_ERRORS
@@ -135,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_range(args.batch_size, "--batch-size", 1)
+    check_device(args.device)
     try:
         files = image_files(args.inputs)
         reader = load_recognizer(args.checkpoint, args.device)

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from . import checkpoints
+from .checks import check_device, check_file, check_range
 from .data import write_lmdb
-from .data.lmdb_dataset import to_mode
+from .data.lmdb_dataset import _DECODE_ERRORS, to_mode
 from .data.render import FONT_ROOT
 from .methods import SimAN
 from .train.common import make_charset, make_recognizer
@@ -115,17 +116,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
 
+    check_range(args.width, "--width", 1)
+    check_file(args.font, "--font")
+    check_device(args.device)
+    if args.lmdb and Path(args.lmdb).exists():
+        raise SystemExit(f"error: --lmdb {args.lmdb}: exists (synthesize writes a new LMDB)")
     texts = list(args.text)
     if args.texts:
+        check_file(args.texts, "--texts")
         texts += [line for line in Path(args.texts).read_text(encoding="utf-8").splitlines()
                   if line.strip()]
     if not texts:
-        p.error("give at least one --text or a --texts file")
+        raise SystemExit("error: give at least one --text or a --texts file with a "
+                         "non-blank line")
+    styles = []
+    for path in args.style:
+        check_file(path, "--style")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                styles.append(image.copy())
+        except _DECODE_ERRORS as e:
+            raise SystemExit(f"error: --style {path}: not a readable image ({e})") from None
     try:
         model, _ = load_generator(args.checkpoint, args.device)
     except checkpoints.CheckpointError as e:
         raise SystemExit(f"error: --checkpoint {e}") from None
-    styles = [Image.open(path) for path in args.style]
     samples = ((synthesize(model, style, text, width=args.width, font_path=args.font), text)
                for style in styles for text in texts)
     if args.lmdb:

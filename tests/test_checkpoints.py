@@ -152,10 +152,11 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     stale = tmp_path / f".last.pt.tmp{dead}"
-    alive = tmp_path / f".last.pt.tmp{os.getppid()}"   # a save in progress elsewhere
-    other = tmp_path / f".best.pt.tmp{dead}"           # another file's: left to its save
-    for path in (stale, alive, other):
+    other = tmp_path / f".best.pt.tmp{dead}"           # another file's: best.pt may never
+    alive = tmp_path / f".last.pt.tmp{os.getppid()}"   # be saved again; a save elsewhere
+    mine = tmp_path / "notes.tmp1"                     # not a name save() writes
+    for path in (stale, other, alive, mine):
         path.write_bytes(b"partial")
     checkpoints.save(STATE, tmp_path / "last.pt", "recognizer")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["last.pt", alive.name, other.name])
+        ["last.pt", alive.name, mine.name])

@@ -79,9 +79,9 @@ def test_onnx_and_torchscript_match_eager(decoder, images, tmp_path):
 
 def test_bad_arguments(tmp_path, capsys):
     _checkpoint(tmp_path / "best.pt", "ctc")
-    assert export.main(["--checkpoint", str(tmp_path / "best.pt"), "--format", "onnx",
-                        "--out", str(tmp_path / "m.onnx"), "--opset", "15"]) == 2
-    assert "opset must be >= 16" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="^error: --opset must be at least 16, got 15"):
+        export.main(["--checkpoint", str(tmp_path / "best.pt"), "--format", "onnx",
+                     "--out", str(tmp_path / "m.onnx"), "--opset", "15"])
     assert export.main(["--checkpoint", str(tmp_path / "nothing.pt"), "--format",
                         "torchscript", "--out", str(tmp_path / "m.pt")]) == 2
     assert "nothing.pt" in capsys.readouterr().err

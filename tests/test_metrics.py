@@ -82,11 +82,12 @@ def test_evaluate_matches_individual_metrics():
     labels = ["sitting", "the hat", "", "ABC"]
     for alnum in (False, True):
         r = evaluate(preds, labels, alphanumeric=alnum)
-        assert r["samples"] == 4
+        # Under the protocol the empty label has nothing to read: counted, not scored.
+        assert (r["samples"], r["empty_labels"]) == ((3, 1) if alnum else (4, 0))
         for name, fn in [("word_accuracy", word_accuracy), ("ed1_accuracy", ed1_accuracy),
                          ("cer", cer), ("wer", wer), ("one_minus_ned", one_minus_ned)]:
             assert r[name] == pytest.approx(fn(preds, labels, alphanumeric=alnum)), name
-    assert evaluate(preds, labels, alphanumeric=True)["word_accuracy"] == pytest.approx(2 / 4)
+    assert evaluate(preds, labels, alphanumeric=True)["word_accuracy"] == pytest.approx(1 / 3)
 
 
 def test_bad_inputs():
@@ -115,3 +116,32 @@ def test_edit_distance_properties(a, b, c):
     assert edit_distance(a, a) == 0
     assert abs(len(a) - len(b)) <= d <= max(len(a), len(b))
     assert edit_distance(a, c) <= d + edit_distance(b, c)
+
+
+def _word_levenshtein(a: list[str], b: list[str]) -> int:
+    # Independent oracle: the textbook full-matrix DP over word lists.
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+    return d[len(a)][len(b)]
+
+
+lines = st.lists(st.sampled_from(["a", "B", "b.", "!!", "c"]), max_size=4).map(" ".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(lines, lines), min_size=1, max_size=4), st.booleans())
+def test_wer_is_summed_word_levenshtein_over_summed_reference_words(pairs, alphanumeric):
+    norm = (lambda t: [w for w in (to_alphanumeric(x) for x in t.split()) if w]) if alphanumeric \
+        else str.split
+    preds, labels = [p for p, _ in pairs], [g for _, g in pairs]
+    scored = [(p, g) for p, g in pairs if not alphanumeric or norm(g)]  # empty: not scored
+    if not scored:
+        with pytest.raises(ValueError, match="no samples"):
+            wer(preds, labels, alphanumeric=alphanumeric)
+        return
+    errors = sum(_word_levenshtein(norm(p), norm(g)) for p, g in scored)
+    total = sum(len(norm(g)) for _, g in scored)
+    got = wer(preds, labels, alphanumeric=alphanumeric)
+    assert got == (pytest.approx(errors / total) if total else 0.0 if not errors else float("inf"))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import lmdb
 import pytest
 import torch
 from PIL import Image
@@ -99,6 +100,22 @@ def test_evaluation_scores_every_sample(data, tmp_path, capsys):
     assert result["samples"] == 3 and result["unreadable"] == 1
 
 
+def test_labels_empty_under_alphanumeric_are_reported_not_scored(data, tmp_path, capsys):
+    """A punctuation-only label has no words under --alphanumeric: scoring it would add
+    only insertions (the WER 1.0030 of issue 15); it is counted and left out."""
+    train, _ = data
+    assert _train(tmp_path / "run", train, "--decoder", "ctc", iterations=1) == 0
+    word = Image.new("L", (40, 20), 255)
+    write_lmdb(tmp_path / "test", [(word, "cat"), (word, "!!"), (word, "Sun!")])
+    out = tmp_path / "m.json"
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--data",
+                              str(tmp_path / "test"), "--alphanumeric", "--json", str(out)]) == 0
+    assert (f"{tmp_path / 'test'}: empty labels: 1 (nothing left under the alphanumeric"
+            in capsys.readouterr().out)
+    result = json.loads(out.read_text())["results"][str(tmp_path / "test")]
+    assert result["samples"] == 2 and result["empty_labels"] == 1 and result["wer"] <= 1
+
+
 @pytest.mark.parametrize("optimizer,schedule,augment", [
     ("adadelta", "step", "0"), ("adam", "cosine", "0"), ("adamw", "onecycle", "0.5")])
 def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule, augment):
@@ -114,6 +131,7 @@ def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule, augment):
     a = checkpoints.load(tmp_path / "straight" / "last.pt", checkpoints.KINDS)
     b = checkpoints.load(tmp_path / "split" / "last.pt", checkpoints.KINDS)
     assert a["step"] == b["step"] == 6
+    assert not (tmp_path / "straight" / "best.pt").exists()   # best.pt needs --val (README)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     for k, state in a["optimizers"]["main"]["state"].items():
@@ -136,7 +154,17 @@ def test_resume_is_exact(data, tmp_path, capsys, optimizer, schedule, augment):
     (["--augment", "2"], r"--augment must lie in \[0, 1\], got 2.0"),
     (["--decoder", "attention", "--ctc-weight", "1"],
      r"recognizer options: ctc_weight must lie in \[0, 1\), got 1.0"),
-    (["--channels", "17"], "recognizer options: output_channel must be a multiple of 16"),
+    (["--label-fraction", "0"], r"--label-fraction must be in \(0, 1\], got 0.0"),
+    (["--label-fraction", "2"], r"--label-fraction must be in \(0, 1\], got 2.0"),
+    (["--lr", "-1"], "--lr must be greater than 0, got -1.0"),
+    (["--warmup", "1"], r"--warmup must be in \[0, 1\), got 1.0"),
+    (["--lr-milestones", "0.5", "1.5"], r"--lr-milestones must be in \[0, 1\], got 1.5"),
+    (["--height", "31"], "--height must be at least 32, got 31"),   # the ResNet's least
+    (["--channels", "17"], "--channels must be a positive multiple of 16, got 17"),
+    (["--blocks", "1", "0", "1", "1"], "--blocks must be at least 1, got 0"),
+    (["--label-subset", "nope.json"], "--label-subset nope.json: no such file"),
+    (["--init", "nope.pt"], "--init nope.pt: no such file"),
+    (["--config", "nope.yaml"], "--config nope.yaml: no such file"),
 ])
 def test_bad_options_give_one_error_line_and_no_run_folder(data, tmp_path, flags, message):
     train, _ = data
@@ -146,6 +174,65 @@ def test_bad_options_give_one_error_line_and_no_run_folder(data, tmp_path, flags
     assert not run.exists()
     with pytest.raises(SystemExit, match="^error: --data nope: no LMDB"):
         evaluate_cli.main(["--checkpoint", "x.pt", "--data", "nope"])
+
+
+@pytest.mark.parametrize("command, flags, message", [
+    ("pretrain", ["--temperature", "0"], "--temperature must be greater than 0, got 0.0"),
+    ("pretrain", ["--method", "siman", "--siman-kernel", "4"],
+     "--siman-kernel must be odd and at least 1, got 4"),
+    ("pretrain", ["--method", "siman", "--sample-every", "-1"],
+     "--sample-every must be at least 0, got -1"),
+    ("decoder-eval", ["--encoder", __file__], f"--encoder {__file__}: not a seqclr_ext checkpoint"),
+])
+def test_bad_options_of_other_subcommands(data, tmp_path, command, flags, message):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit, match=f"^error: {message}"):
+        main([command, "--train", data[0], "--run-dir", str(run), "--iterations", "2", *FAST,
+              *flags])
+    assert not run.exists()
+    with pytest.raises(SystemExit, match="^error: --num-train must be at least 1, got 0"):
+        main(["default", "--num-train", "0", "--run-dir", str(run), "--data-dir", str(run)])
+
+
+@pytest.mark.parametrize("count", [b"abc", b"-3"])
+def test_malformed_sample_count_is_one_error_line(tmp_path, word_lmdb, count):
+    db = word_lmdb(tmp_path / "db", WORDS)
+    with lmdb.open(db) as env, env.begin(write=True) as txn:
+        txn.put(b"num-samples", count)
+    with pytest.raises(SystemExit, match=rf"^error: --train {db}: 'num-samples' is "
+                                         rf"{count!r}, not a sample count"):
+        main(["supervised", "--train", db, "--run-dir", str(tmp_path / "run"), *FAST])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_failing_before_its_first_checkpoint_leaves_no_folder(data, tmp_path,
+                                                                     monkeypatch):
+    """config.yaml, metrics.csv and tensorboard/ are written before the first step; a run
+    that dies there is removed, one that saved a checkpoint is kept, and so is a folder
+    the run did not create."""
+    original, calls = CTCDecoder.loss, []
+
+    def broken(self, *args):
+        calls.append(1)
+        if len(calls) >= fail_at:
+            raise RuntimeError("a bug")
+        return original(self, *args)
+
+    monkeypatch.setattr(CTCDecoder, "loss", broken)
+    train, _ = data
+    fail_at = 1
+    with pytest.raises(RuntimeError, match="a bug"):
+        _train(tmp_path / "run", train, "--decoder", "ctc", "--label-fraction", "0.5")
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(RuntimeError):
+        _train(tmp_path / "mine", train, "--decoder", "ctc")
+    assert (tmp_path / "mine").is_dir()
+    calls.clear()
+    fail_at = 3
+    with pytest.raises(RuntimeError):
+        _train(tmp_path / "saved", train, "--decoder", "ctc", "--save-every", "1")
+    assert checkpoints.load(tmp_path / "saved" / "last.pt", "recognizer")["step"] == 2
 
 
 def test_metrics_csv_with_a_blank_line_resumes(tmp_path):
@@ -293,3 +380,22 @@ def test_yaml_config_and_flag_override(tmp_path):
     cfg.write_text("trian: a\n")
     with pytest.raises(SystemExit):
         parse(["supervised", "--config", str(cfg)])
+
+
+def test_help_is_written_for_users(capsys):
+    """Every option of every subcommand has a help text, and the top-level help shows no
+    developer markup (reST double backticks)."""
+    from seqclr_ext.train.cli import build_parser
+    parser, subs = build_parser()
+    for name, sub in subs.items():
+        assert [a.option_strings for a in sub._actions if not a.help] == [], name
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults")
+def test_pretrain_has_cpu_defaults_without_a_gpu(data, tmp_path):
+    config = parse(["pretrain", "--train", data[0], "--run-dir", str(tmp_path / "r")])
+    assert (config["device"], config["iterations"], config["workers"], config["preset"]) == (
+        "cpu", 5000, 0, "small")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..checks import check_lmdb, check_range
 from . import render as R
 from .charset import Charset
 from .convert import DEFAULT_LABEL_PATTERN, FORMATS, convert_folder
@@ -138,7 +139,7 @@ def _render(args) -> int:
         else:
             out = Path(args.out)
             if args.num is None:
-                raise SystemExit("render --split needs --num")
+                raise SystemExit("error: render --split needs --num")
             num = args.num
         stats = R.render_split(split, out, num, args.seed, args.workers,
                                languages=args.lang, overwrite=args.overwrite,
@@ -250,7 +251,7 @@ def _preview(args) -> int:
     ds = LmdbDataset(args.lmdb, None, max_length=None, mode="L")
     n = min(args.num, len(ds))
     if n == 0:
-        raise SystemExit(f"{args.lmdb}: no samples to preview")
+        raise SystemExit(f"error: {args.lmdb}: no samples to preview")
     if args.random:
         idx = sorted(np.random.default_rng(args.seed).choice(len(ds), n, replace=False))
     else:
@@ -294,8 +295,18 @@ def _fonts(args) -> int:
     return 0 if ok else 1
 
 
+def _check(args) -> None:
+    """The options' ranges and the LMDB read, before anything is written."""
+    for flag, low in (("num", 1), ("workers", 1), ("show", 0), ("max_length", 0),
+                      ("max_images", 1), ("cols", 1)):
+        check_range(getattr(args, flag, None), f"--{flag.replace('_', '-')}", low)
+    if args.command in ("inspect", "preview"):
+        check_lmdb(args.lmdb, "LMDB")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _check(args)
     handler = {"render": _render, "convert": _convert, "inspect": _inspect,
                "preview": _preview, "fonts": _fonts}[args.command]
     try:

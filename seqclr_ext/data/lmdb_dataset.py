@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 
 from .charset import Charset
 
-__all__ = ["write_lmdb", "read_meta", "LmdbDataset", "DatasetStats", "has_alpha", "to_mode"]
+__all__ = ["write_lmdb", "read_meta", "LmdbDataset", "DatasetStats", "has_alpha", "to_mode",
+           "sample_count"]
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +210,9 @@ class DatasetStats:
     unknown_chars: Counter[str]
 
 
-def _scan_labels(
-    txn: lmdb.Transaction, path: str, charset: Charset | None, max_length: int | None
-) -> tuple[int, list[int], list[str], Counter[str], Counter[str]]:
-    """(num-samples, kept indices, kept labels, filter counts, unknown characters)."""
+def _sample_count(txn: lmdb.Transaction, path: str) -> int:
+    """The ``num-samples`` value; a ValueError naming ``path`` and the value if it is
+    missing or not a count."""
     raw = txn.get(b"num-samples")
     if raw is None:
         raise ValueError(f"{path} has no 'num-samples' key: not a dataset LMDB")
@@ -223,6 +223,20 @@ def _scan_labels(
     if total < 0:
         raise ValueError(f"{path}: 'num-samples' is {raw!r}, not a sample count: not a "
                          "dataset LMDB, or a damaged one")
+    return total
+
+
+def sample_count(path: str | os.PathLike) -> int:
+    """The number of samples the LMDB at ``path`` declares (ValueError as above)."""
+    with _reader(str(path)).begin() as txn:
+        return _sample_count(txn, str(path))
+
+
+def _scan_labels(
+    txn: lmdb.Transaction, path: str, charset: Charset | None, max_length: int | None
+) -> tuple[int, list[int], list[str], Counter[str], Counter[str]]:
+    """(num-samples, kept indices, kept labels, filter counts, unknown characters)."""
+    total = _sample_count(txn, path)
     keys: list[int] = []
     labels: list[str] = []
     counts: Counter[str] = Counter()

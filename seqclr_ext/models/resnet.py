@@ -12,9 +12,12 @@ import torch
 import torch.nn as nn
 
 __all__ = ["BasicBlock", "ResNetFeatureExtractor", "RESNET_PRESETS", "frames_for_width",
-           "MIN_WIDTH"]
+           "MIN_WIDTH", "MIN_HEIGHT"]
 
 MIN_WIDTH = 4  # narrowest input: the two (2, 2) max-pools need at least 4 columns
+# Lowest input: the three max-pools and conv4_1 halve the height (32 -> 2), conv4_2's
+# 2 x 2 kernel needs 2 rows left.
+MIN_HEIGHT = 32
 
 
 def frames_for_width(width):

@@ -6,7 +6,9 @@ flags given on the command line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +16,8 @@ from pathlib import Path
 import yaml
 
 from .. import checkpoints
-from ..checks import check_device, check_lmdb
+from ..checks import check_device, check_file, check_lmdb, check_range
+from ..models.resnet import MIN_HEIGHT, MIN_WIDTH
 from . import decoder_eval, default, distributed, finetune, plot, pretrain, supervised
 
 USAGE = """With no subcommand (or only options), runs the built-in demo: renders scene-like
@@ -73,7 +76,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def _yaml_defaults(path: str, valid: set[str]) -> dict:
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    check_file(path, "--config")
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SystemExit(f"error: --config {path}: not YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise SystemExit(f"error: {path}: expected a mapping of option: value")
     values = {k.replace("-", "_"): v for k, v in values.items()}
@@ -118,28 +125,50 @@ def parse(argv: Sequence[str] | None = None) -> dict:
     return config
 
 
-# Options that must be >= 1 / >= 0 where a subcommand has them (0 batches would never
-# fill one: the sampler looped forever).
-_POSITIVE = ("batch_size", "iterations", "log_every", "save_every", "height", "width",
-             "max_length", "num_windows", "pretrain_steps", "eval_steps")
-_NON_NEGATIVE = ("workers", "threads", "val_every", "stop_after")
+# The range of each option where a subcommand has it, as check_range's (low, high,
+# open_low, open_high): counts >= 1 (0 batches would never fill one: the sampler looped
+# forever), the smallest image the ResNet reads, rates > 0, fractions.
+_RANGES = {
+    **{k: (1, None, False, False) for k in (
+        "batch_size", "iterations", "log_every", "save_every", "max_length", "num_windows",
+        "pretrain_steps", "eval_steps", "hidden_size", "num_train", "num_val", "num_test")},
+    **{k: (0, None, False, False) for k in (
+        "workers", "threads", "val_every", "stop_after", "sample_every", "weight_decay",
+        "grad_clip", "l2_weight")},
+    **{k: (0, None, True, False) for k in ("lr", "final_lr", "lr_gamma", "eps", "temperature")},
+    "height": (MIN_HEIGHT, None, False, False), "width": (MIN_WIDTH, None, False, False),
+    "label_fraction": (0, 1, True, False), "warmup": (0, 1, False, True),
+    "rho": (0, 1, False, False),
+}
 _LMDB_LISTS = ("train", "val", "test")
 
 
 def _validate(parser: argparse.ArgumentParser, config: dict) -> None:
     """A user's mistake becomes one ``error:`` line before anything is written."""
     flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
-    for keys, low in ((_POSITIVE, 1), (_NON_NEGATIVE, 0)):
-        for k in keys:
-            if config.get(k) is not None and config[k] < low:
-                raise SystemExit(f"error: {flags.get(k, k)} must be at least {low}, got "
-                                 f"{config[k]}")
+    for k, (low, high, open_low, open_high) in _RANGES.items():
+        check_range(config.get(k), flags.get(k, k), low, high, open_low=open_low,
+                    open_high=open_high)
+    for k, low in (("lr_milestones", 0), ("blocks", 1)):
+        for value in config.get(k) or ():
+            check_range(value, flags[k], low, 1 if k == "lr_milestones" else None)
+    if config.get("channels") is not None and (config["channels"] < 16
+                                               or config["channels"] % 16):
+        raise SystemExit(f"error: --channels must be a positive multiple of 16, got "
+                         f"{config['channels']}")
+    if config.get("siman_kernel") is not None and (config["siman_kernel"] < 1
+                                                   or config["siman_kernel"] % 2 == 0):
+        raise SystemExit(f"error: --siman-kernel must be odd and at least 1, got "
+                         f"{config['siman_kernel']}")
     for k in _LMDB_LISTS:
         for path in config.get(k) or ():
             check_lmdb(path, flags.get(k, k))
     encoder = config.get("encoder")
-    if encoder and encoder != "random" and not Path(encoder).is_file():
-        raise SystemExit(f"error: --encoder {encoder}: no such file")
+    if encoder != "random":
+        check_file(encoder, "--encoder")
+    if config.get("init") != "builtin":
+        check_file(config.get("init"), "--init")
+    check_file(config.get("label_subset"), "--label-subset")
     if config.get("device"):
         check_device(config["device"])
 
@@ -157,6 +186,21 @@ def _refuse_changes(parser: argparse.ArgumentParser, saved: dict, config: dict) 
                          f"--run-dir to change them)")
 
 
+@contextlib.contextmanager
+def removed_if_unstarted(run_dir: str | os.PathLike | None):
+    """A run that fails before its first checkpoint leaves no folder behind: a folder
+    this run created (config.yaml, metrics.csv, a label subset, ...) is removed when the
+    block raises and nothing under it holds a last.pt."""
+    fresh = run_dir is not None and not Path(run_dir).exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and distributed.is_main() and Path(run_dir).is_dir() \
+                and not any(Path(run_dir).rglob("last.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
@@ -166,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config["command"] == "default" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SystemExit("error: default runs in one process; under torchrun run its "
                              "pretrain and decoder-eval steps")
-        with distributed.session(config):
+        with distributed.session(config), removed_if_unstarted(config.get("run_dir")):
             return COMMANDS[config["command"]].run(config)
     except checkpoints.CheckpointError as e:  # a user's file, not a bug: no traceback
         raise SystemExit(f"error: {e}") from None

@@ -144,8 +144,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decoder", choices=("ctc", "attention"), default="attention",
                    help="text decoder")
     g.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
-                   help="model sizes: paper = DTRB / SeqCLR; small for CPUs "
-                        "(default: paper with a GPU, small without)")
+                   help="model sizes: paper = DTRB / SeqCLR (the default with a GPU), small "
+                        "for CPUs (without one)")
     g.add_argument("--tps", action=argparse.BooleanOptionalAction, default=True,
                    help="TPS rectification stage")
     g.add_argument("--bilstm", action=argparse.BooleanOptionalAction, default=True,

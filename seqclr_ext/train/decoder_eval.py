@@ -54,7 +54,10 @@ def load_encoder(config: dict, charset) -> tuple[Recognizer, list[nn.Module]]:
     if config["encoder"] == "random":
         model = make_recognizer(config, charset)
         return model, model.encoder_modules(config["representation"])
-    ckpt = checkpoints.load(config["encoder"], "encoder")
+    try:
+        ckpt = checkpoints.load(config["encoder"], "encoder")
+    except checkpoints.CheckpointError as e:
+        raise SystemExit(f"error: --encoder {e}") from None
     model_config = {**ckpt["model_config"], "num_chars": len(charset),
                     "decoder": config["decoder"], "max_length": config["max_length"],
                     "ctc_weight": config["ctc_weight"], "representation": ckpt["representation"]}

@@ -58,7 +58,7 @@ def add_experiment_arguments(p) -> None:
     g = p.add_argument_group("runs")
     g.add_argument("--run-dir", help="folder of the runs")
     g.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
-                   help="recognizer sizes (default: paper with a GPU, small without)")
+                   help="recognizer sizes: small without a GPU, paper with one")
     g.add_argument("--recipe", choices=tuple(RECOGNIZER_RECIPES), default=DEFAULT_RECIPE,
                    help="optimization recipe of every run (see train supervised --help)")
     # CPU defaults: the demo's three runs fit 10 minutes on 2 cores (measured, README).
@@ -68,8 +68,8 @@ def add_experiment_arguments(p) -> None:
                    help="steps of each recognizer run (decoder evaluation, fine-tuning, "
                         "supervised)")
     g.add_argument("--batch-size", type=int, default=None if HAS_CUDA else 32,
-                   help="batch of every run (default: 32 on a CPU; with a GPU the recipe's "
-                        "for each kind of run)")
+                   help="batch of every run: 32 without a GPU; with one, the recipe's for "
+                        "each kind of run")
     g.add_argument("--width", type=int, default=100,
                    help="image width of every run (height 32); wider reads long words better")
     g.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
@@ -131,7 +131,8 @@ def run_once(argv: list[str], run_dir: Path, result: str) -> Path:
     """Runs the subcommand ``argv`` (without --run-dir) in ``run_dir`` unless
     ``run_dir/result`` exists, continuing an interrupted run from its last.pt; returns the
     result's path. A run folder that holds a run of other options is an error, not reused."""
-    from .cli import COMMANDS, EXECUTION_KEYS, RUN_CONTROL_KEYS, parse  # cli lists this module
+    from .cli import (COMMANDS, EXECUTION_KEYS, RUN_CONTROL_KEYS,  # cli lists this module
+                      parse, removed_if_unstarted)
     run_dir = Path(run_dir)
     done = (run_dir / result).exists()
     resume = not done and (run_dir / "last.pt").exists()
@@ -145,7 +146,8 @@ def run_once(argv: list[str], run_dir: Path, result: str) -> Path:
             raise SystemExit(f"error: {run_dir} holds a run of other options "
                              f"({'; '.join(differ)}): remove it or choose another folder")
     if not done:
-        status = COMMANDS[config["command"]].run(config)
+        with removed_if_unstarted(run_dir):
+            status = COMMANDS[config["command"]].run(config)
         if status != 0:
             raise SystemExit(status)
     return run_dir / result
@@ -166,9 +168,6 @@ METRICS = {"word accuracy": "word_accuracy", "ED1 accuracy": "ed1_accuracy", "CE
 
 
 def run(config: dict) -> int:
-    if not 0 < config["label_fraction"] <= 1:
-        raise SystemExit(f"error: --label-fraction must lie in (0, 1], got "
-                         f"{config['label_fraction']}")
     data = built_in_data(config)
     root = Path(config["run_dir"])
     encoder = run_once(["pretrain", "--train", str(data.train),

@@ -91,7 +91,7 @@ def init_from_checkpoint(path, charset, decoder: str, max_length: int,
     try:
         source, source_charset, ckpt = load_checkpoint(path)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: --init {path}: {e}") from None
+        raise SystemExit(f"error: --init {e}") from None   # e names the file
     model = Recognizer(RecognizerConfig(**{**asdict(source.config), "num_chars": len(charset),
                                            "decoder": decoder, "max_length": max_length,
                                            "ctc_weight": ctc_weight}))
