@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import seqclr_ext.ops as ops
 from seqclr_ext.ops import reference as ref
+from seqclr_ext.ops.tps_grid_sample import tps_base_points
 
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 HYPOTHESIS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
@@ -29,7 +30,7 @@ def make_inputs(batch, channels, height, width, num_points, *, spread=0.1, seed=
     clamped at the border) for a large one."""
     gen = torch.Generator().manual_seed(seed)
     image = torch.rand(batch, channels, height, width, generator=gen, dtype=torch.float64)
-    cp = ref.tps_base_points(num_points).expand(batch, -1, -1) \
+    cp = tps_base_points(num_points).expand(batch, -1, -1) \
         + spread * torch.randn(batch, num_points, 2, generator=gen, dtype=torch.float64)
     return image.to(device, dtype), cp.to(device, dtype)
 
@@ -174,14 +175,19 @@ def test_empty_batch(device):
     assert out.shape == (0, 1, 3, 4)
 
 
-def test_nonfinite_control_points_stay_in_bounds(device):
-    """NaN / inf source points must not index outside the image (NaN propagates)."""
+def test_nonfinite_control_points_sample_as_the_reference(device):
+    """NaN / inf source points stay inside the image and sample as grid_sample's do (NaN at
+    pixel 0, ±inf at the border): the output stays finite, as the reference's (one NaN
+    control point used to turn its whole image NaN), and so do the gradients (not compared:
+    grid_sample's CPU backward crashes on a NaN grid)."""
     image, cp = make_inputs(2, 1, 6, 9, 4, device=device)
     cp[0, 1, 0] = float("nan")
     cp[1, 2, 1] = float("inf")
-    out = ops.tps_grid_sample(image, cp, (5, 7))
+    out, grad_image, grad_cp = run(ops.tps_grid_sample, image, cp, (5, 7),
+                                   upstream_for(image, (5, 7)))
     assert out.shape == (2, 1, 5, 7)
-    assert torch.isnan(out[0]).any()
+    torch.testing.assert_close(out.cpu(), ref.tps_grid_sample(image.cpu(), cp.cpu(), (5, 7)))
+    assert torch.isfinite(grad_image).all() and torch.isfinite(grad_cp).all()
 
 
 # ------------------------------------------------------------------------------ opcheck
