@@ -10,7 +10,7 @@ Two implementations:
 - ``eager``: the same run with SEQCLR_EXT_REFERENCE=1: every op runs its plain-PyTorch
   reference (seqclr_ext.ops.reference), as in the other suites' ``eager`` rows.
 
-The ``eager`` rows run in this process with ``seqclr_ext.ops._library.USE_REFERENCE`` set: the op
+The ``eager`` rows run in this process with ``seqclr_ext.ops.USE_REFERENCE`` set: the op
 wrappers read it at every call, and that is all SEQCLR_EXT_REFERENCE=1 changes besides not
 loading the compiled library. So that the rows are what they claim, each case first runs
 one step recording the seqclr_ext operators it dispatches (extra_info ``seqclr_ext_ops``)
@@ -112,7 +112,7 @@ def test_pretrain_step(benchmark, case, impl, monkeypatch, bench_options, device
     for op in ("seq_nce", "tps_grid_sample"):
         skip_unless_runnable(impl, op, device)
     if impl == "eager":
-        monkeypatch.setattr(ops._library, "USE_REFERENCE", True)
+        monkeypatch.setattr(ops, "USE_REFERENCE", True)
     step = _pretraining(case)
     g = torch.Generator().manual_seed(SEED)
     images = (torch.rand(c["batch"], 1, 32, 100, generator=g) * 2 - 1).to(device)

@@ -62,10 +62,18 @@ def check_device(like_name, like, **tensors):
                              f"{t.device}")
 
 
-def no_double_backward(op):
-    """An autograd formula for a backward op that says so instead of autograd's unrelated
-    message (the op's backward saved inputs that require grad, so autograd reaches it)."""
-    def backward(ctx, *grads):
+def register(op, *, fake, backward_fake, backward, setup_context):
+    """The fake kernels of an op and of its backward op, the op's autograd formula, and one
+    for the backward op that refuses a double backward with a message that says so (instead
+    of autograd's unrelated one about tensors without grad_fn). Nothing to register on with
+    USE_REFERENCE: the library is not loaded."""
+    if USE_REFERENCE:
+        return
+    torch.library.register_fake(f"seqclr_ext::{op}", fake)
+    torch.library.register_fake(f"seqclr_ext::{op}_backward", backward_fake)
+    torch.library.register_autograd(f"seqclr_ext::{op}", backward, setup_context=setup_context)
+
+    def no_double_backward(ctx, *grads):
         raise RuntimeError(f"double backward is not supported for {op}")
 
-    torch.library.register_autograd(f"seqclr_ext::{op}_backward", backward)
+    torch.library.register_autograd(f"seqclr_ext::{op}_backward", no_double_backward)

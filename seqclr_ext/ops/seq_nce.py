@@ -4,7 +4,7 @@ public wrappers, and the instance mapping in plain PyTorch (distributed training
 with it before gathering, and the reference pools with it)."""
 import torch
 
-from ._library import USE_REFERENCE, acc_dtype, check_device, no_double_backward, or_reference
+from ._library import acc_dtype, check_device, or_reference, register
 
 __all__ = ["seq_nce", "nce_rows", "pool_instances", "NORM_EPS", "MAX_WINDOWS"]
 
@@ -114,16 +114,10 @@ def _nce_rows_backward(ctx, grad_loss, _grad_lse):
     return grad_rows, grad_cols, None, None, None
 
 
-if not USE_REFERENCE:
-    torch.library.register_fake("seqclr_ext::seq_nce", _seq_nce_fake)
-    torch.library.register_fake("seqclr_ext::seq_nce_backward", _seq_nce_backward_fake)
-    torch.library.register_autograd("seqclr_ext::seq_nce", _seq_nce_backward,
-                                    setup_context=_seq_nce_setup)
-    torch.library.register_fake("seqclr_ext::nce_rows", _nce_rows_fake)
-    torch.library.register_fake("seqclr_ext::nce_rows_backward", _nce_rows_backward_fake)
-    torch.library.register_autograd("seqclr_ext::nce_rows", _nce_rows_backward,
-                                    setup_context=_nce_rows_setup)
-    no_double_backward("nce_rows")
+register("seq_nce", fake=_seq_nce_fake, backward_fake=_seq_nce_backward_fake,
+         backward=_seq_nce_backward, setup_context=_seq_nce_setup)
+register("nce_rows", fake=_nce_rows_fake, backward_fake=_nce_rows_backward_fake,
+         backward=_nce_rows_backward, setup_context=_nce_rows_setup)
 
 
 @or_reference

@@ -3,7 +3,7 @@ csrc/siman_normalize/, oracle in reference.py. Here: the fake kernels, the autog
 and the public wrapper."""
 import torch
 
-from ._library import USE_REFERENCE, acc_dtype, check_device, no_double_backward, or_reference
+from ._library import acc_dtype, check_device, or_reference, register
 
 __all__ = ["siman_normalize"]
 
@@ -62,12 +62,8 @@ def _backward(ctx, grad, *_unused):
         None, None
 
 
-if not USE_REFERENCE:
-    torch.library.register_fake("seqclr_ext::siman_normalize", _fake)
-    torch.library.register_fake("seqclr_ext::siman_normalize_backward", _backward_fake)
-    torch.library.register_autograd("seqclr_ext::siman_normalize", _backward,
-                                    setup_context=_setup)
-    no_double_backward("siman_normalize")
+register("siman_normalize", fake=_fake, backward_fake=_backward_fake, backward=_backward,
+         setup_context=_setup)
 
 
 @or_reference

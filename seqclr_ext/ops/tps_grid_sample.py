@@ -4,7 +4,7 @@ the public wrapper, and the TPS system in plain PyTorch (the base points initial
 localization network; the grid matrix is the exported models' warp and the reference's)."""
 import torch
 
-from ._library import USE_REFERENCE, check_device, no_double_backward, or_reference
+from ._library import check_device, or_reference, register
 
 __all__ = ["tps_grid_sample", "tps_base_points", "tps_grid_terms", "tps_grid_matrix"]
 
@@ -102,12 +102,8 @@ def _backward(ctx, grad):
     return (grad_image if image_grad else None), (grad_cp if cp_grad else None), None
 
 
-if not USE_REFERENCE:
-    torch.library.register_fake("seqclr_ext::tps_grid_sample", _fake)
-    torch.library.register_fake("seqclr_ext::tps_grid_sample_backward", _backward_fake)
-    torch.library.register_autograd("seqclr_ext::tps_grid_sample", _backward,
-                                    setup_context=_setup)
-    no_double_backward("tps_grid_sample")
+register("tps_grid_sample", fake=_fake, backward_fake=_backward_fake, backward=_backward,
+         setup_context=_setup)
 
 
 @or_reference
