@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import seqclr_ext.ops as ops
 from seqclr_ext.ops import reference as ref
-from seqclr_ext.ops.seq_nce import MAX_WINDOWS, NORM_EPS, pool_instances
+from seqclr_ext.ops.seq_nce import NORM_EPS, pool_instances
 
 MAPPINGS = ["all", "window", "frame"]
 FEATURES = [1, 7, 64, 256]
@@ -471,6 +471,19 @@ def test_seq_nce_bad_input(device, case, match):
     }[case]
     with pytest.raises(RuntimeError, match=match):
         _seq_nce_call(device, **kwargs)
+
+
+@pytest.mark.parametrize("num_windows", [0, 1025, 10**6])
+def test_num_windows_range_is_the_references_and_the_fake_kernels(num_windows):
+    """The reference (SEQCLR_EXT_REFERENCE=1) and the fake kernel (torch.compile, meta)
+    reject what the kernels reject, with the same message (the reference used to fail on
+    a 32 TB allocation, the kernel to run for hours)."""
+    a = _frames("cpu")
+    lengths = torch.tensor(LENGTHS)
+    match = rf"num_windows must be in \[1, 1024\] for mapping='window', got {num_windows}"
+    for fn, device in ((ref.seq_nce, "cpu"), (ops.seq_nce, "meta")):
+        with pytest.raises(RuntimeError, match=match):
+            fn(a.to(device), a.to(device), lengths.to(device), num_windows=num_windows)
 
 
 @pytest.mark.parametrize("frames_device, lengths_device", [
