@@ -39,7 +39,7 @@ from .data import Charset
 from .evaluate import load_checkpoint
 from .models import Recognizer
 from .models.tps import TPSRectifier, resize_valid
-from .ops.reference import tps_grid_matrix
+from .ops.tps_grid_sample import tps_grid_matrix
 
 __all__ = ["FORMATS", "PlainTPS", "ExportedRecognizer", "metadata", "export", "main"]
 

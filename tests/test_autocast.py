@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import seqclr_ext.ops as ops
-from seqclr_ext.ops import reference
+from seqclr_ext.ops.tps_grid_sample import tps_base_points
 
 
 def _seq_nce_inputs(gen):
@@ -15,7 +15,7 @@ def _seq_nce_inputs(gen):
 
 
 def _tps_inputs(gen):
-    cp = reference.tps_base_points(20).float().expand(2, -1, -1) \
+    cp = tps_base_points(20).float().expand(2, -1, -1) \
         + 0.1 * torch.randn(2, 20, 2, generator=gen)
     return ((torch.rand(2, 1, 16, 40, generator=gen), cp),
             lambda image, points: ops.tps_grid_sample(image, points, (16, 40)))

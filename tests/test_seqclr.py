@@ -11,7 +11,7 @@ from seqclr_ext import checkpoints
 from seqclr_ext.data.augment import OPERATIONS, SeqCLRAugment, make_augment
 from seqclr_ext.methods import SeqCLR
 from seqclr_ext.models import HEADS, ProjectionHead, Recognizer, frames_for_width
-from seqclr_ext.ops import reference
+from seqclr_ext.ops.seq_nce import pool_instances
 from seqclr_ext.train.cli import main
 
 FAST = ["--device", "cpu", "--preset", "small", "--batch-size", "4", "--workers", "0",
@@ -112,7 +112,7 @@ def test_instances_follow_ragged_widths(mapping, representation, head):
     assert lengths.tolist() == [frames_for_width(int(w)) for w in widths]
     assert frames.shape[0] == int(lengths.sum())
     per_image = {"all": 1, "window": 5, "frame": None}[mapping]
-    instances = reference.instances(frames, lengths, mapping, 5)
+    instances = pool_instances(frames, lengths, mapping, 5)
     assert instances.shape[0] == (int(lengths.sum()) if per_image is None else 4 * per_image)
     loss = method(images, images.flip(0), widths[[0, 0, 0, 0]])
     assert torch.isfinite(loss)

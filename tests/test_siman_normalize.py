@@ -3,7 +3,9 @@
 Values and gradients (content and style) are checked against the plain-PyTorch oracle
 ``seqclr_ext.ops.reference.siman_normalize`` (instance norms, unfold-based local statistics,
 the full softmax) run in float64 on the CPU; low precision is judged by the DESIGN.md bar.
-CUDA cases skip without a GPU.
+CUDA cases skip without a GPU. The protocol every op shares (gradcheck, opcheck,
+torch.compile, determinism, fake tensors, devices, double backward) is in
+test_op_conformance.py; this file holds the cases particular to this op.
 """
 import pytest
 import torch
@@ -174,14 +176,14 @@ def test_only_one_input_requires_grad(device):
     torch.testing.assert_close(s.grad, want[2])
 
 
-def test_gradcheck(device):
+def test_gradcheck_one_by_one_neighbourhood(device):
+    """kernel_size = 1 (σ = sqrt(eps) everywhere); k = 3 runs in test_op_conformance.py."""
     content, style = make_inputs(2, 3, (3, 4), (4, 5), seed=3, dtype=torch.float64,
                                  device=device)
     content.requires_grad_(True)
     style.requires_grad_(True)
-    for k in (1, 3):
-        assert torch.autograd.gradcheck(
-            lambda c, s: ops.siman_normalize(c, s, kernel_size=k, eps=1e-3), (content, style))
+    assert torch.autograd.gradcheck(
+        lambda c, s: ops.siman_normalize(c, s, kernel_size=1, eps=1e-3), (content, style))
 
 
 def test_non_contiguous(device):
@@ -214,27 +216,13 @@ def test_empty_batch(device):
     assert out.shape == (0, 3, 4, 5)
 
 
-# ------------------------------------------------------------------------------ opcheck
-
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-def test_opcheck(device, dtype):
-    content, style = make_inputs(2, 3, (3, 5), (4, 4), seed=7, dtype=dtype, device=device)
-    for c_rg, s_rg in ((True, True), (False, True), (True, False), (False, False)):
-        args = (content.clone().requires_grad_(c_rg), style.clone().requires_grad_(s_rg), 3, 1e-5)
-        torch.library.opcheck(torch.ops.seqclr_ext.siman_normalize.default, args)
-    out, lse, cs, ss = torch.ops.seqclr_ext.siman_normalize(content, style, 3, 1e-5)
-    grad = torch.randn(out.shape, device=device).to(dtype)
-    torch.library.opcheck(torch.ops.seqclr_ext.siman_normalize_backward.default,
-                          (grad, content, style, lse, cs, ss, 3, 1e-5))
-
+# ------------------------------------------------------------------- saved statistics
 
 def test_extra_outputs(device):
     """lse is each content position's log-sum-exp of the scores; the stats are the instance
-    norms' (mean, rstd); none of them is differentiable."""
+    norms' (mean, rstd) (that none is differentiable: test_op_conformance.py)."""
     content, style = make_inputs(2, 3, (3, 4), (4, 5), dtype=torch.float64, device=device)
-    c = content.clone().requires_grad_(True)
-    out, lse, cs, ss = torch.ops.seqclr_ext.siman_normalize(c, style, 3, 1e-5)
-    assert out.requires_grad and not (lse.requires_grad or cs.requires_grad or ss.requires_grad)
+    out, lse, cs, ss = torch.ops.seqclr_ext.siman_normalize(content, style, 3, 1e-5)
 
     def norm(x):
         x = x.cpu()
@@ -247,27 +235,6 @@ def test_extra_outputs(device):
     torch.testing.assert_close(lse.cpu(), scores.logsumexp(-1))
     torch.testing.assert_close(cs.cpu(), torch.stack([c_mean, (c_var + 1e-5).rsqrt()], 1))
     torch.testing.assert_close(ss.cpu(), torch.stack([s_mean, (s_var + 1e-5).rsqrt()], 1))
-
-
-# ------------------------------------------------------------------------ torch.compile
-
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_torch_compile(device, dynamic):
-    def fn(content, style):
-        # Ops around the custom op, so the compiled graph is not the op alone.
-        return (ops.siman_normalize(content * 2.0, style.tanh(), kernel_size=3).sin() ** 2).mean()
-
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, dynamic=dynamic)
-    for batch in (2, 3):
-        content, style = make_inputs(batch, 4, (4, 6), (5, 7), seed=batch, device=device)
-        got, want = [], []
-        for f, res in ((compiled, got), (fn, want)):
-            c, s = content.clone().requires_grad_(True), style.clone().requires_grad_(True)
-            loss = f(c, s)
-            res += [loss.detach(), *torch.autograd.grad(loss, (c, s))]
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w)
 
 
 # ------------------------------------------------------------------------ low precision
@@ -304,7 +271,6 @@ def test_low_precision(device, dtype, kernel_size):
     ("style_3d", r"style must be a 4-D \[B, C, H, W\] tensor, got 3-D"),
     ("style_empty", r"style must have C, H, W >= 1, got shape \[2, 3, 0, 6\]"),
     ("style_dtype", r"style must have content's dtype Float, got Double"),
-    ("content_integer", r"content must be float32, float64, float16 or bfloat16, got Long"),
     ("eps_zero", r"eps must be a finite number > 0, got 0"),
     ("eps_negative", r"eps must be a finite number > 0, got -1e-05"),
 ])
@@ -335,8 +301,6 @@ def test_bad_input(device, case, match):
         style = style[:, :, :0]
     elif case == "style_dtype":
         style = style.double()
-    elif case == "content_integer":
-        content, style = content.long(), style.long()
     elif case == "eps_zero":
         eps = 0.0
     elif case == "eps_negative":
@@ -363,34 +327,6 @@ def test_bad_backward_input(device):
         bwd(out, content, style, lse[:, :5], cs, ss, 3, 1e-5)
     with pytest.raises(RuntimeError, match=r"style_stats must have shape \[2, 2, 3\]"):
         bwd(out, content, style, lse, cs, ss[:, :1], 3, 1e-5)
-
-
-def test_inputs_on_different_devices(cuda_device):
-    content, style = make_inputs(2, 3, (4, 5), (6, 6))
-    with pytest.raises(RuntimeError, match=r"style must be on content's device"):
-        torch.ops.seqclr_ext.siman_normalize(content.to(cuda_device), style, 3, 1e-5)
-
-
-# -------------------------------------------------------------------------- determinism
-
-def test_deterministic(device):
-    """Bitwise identical across runs (no atomics anywhere) and, on CPU, across thread
-    counts."""
-    content, style = make_inputs(5, 16, (8, 8), (8, 25), seed=17, device=device)
-    upstream = upstream_for(content)
-    first = run(ops.siman_normalize, content, style, upstream)
-    second = run(ops.siman_normalize, content, style, upstream)
-    for x, y in zip(first, second):
-        assert torch.equal(x, y)
-    if device.type == "cpu":
-        threads = torch.get_num_threads()
-        try:
-            torch.set_num_threads(1)
-            single = run(ops.siman_normalize, content, style, upstream)
-        finally:
-            torch.set_num_threads(threads)
-        for x, y in zip(first, single):
-            assert torch.equal(x, y)
 
 
 # ---------------------------------------------------------------------------- CUDA vs CPU

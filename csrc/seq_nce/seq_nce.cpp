@@ -13,9 +13,7 @@ void check_float_matrix(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2, name, " must be a 2-D [N, F] tensor, got ", t.dim(), "-D of shape ",
               t.sizes());
   TORCH_CHECK(t.size(0) > 0 && t.size(1) > 0, name, " must not be empty, got shape ", t.sizes());
-  const auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-              name, " must be float32, float64, float16 or bfloat16, got ", dt);
+  check_floating(t, name);
 }
 
 void check_index_vector(const at::Tensor& t, const char* name, const at::Tensor& like,
@@ -23,8 +21,7 @@ void check_index_vector(const at::Tensor& t, const char* name, const at::Tensor&
   TORCH_CHECK(t.scalar_type() == at::kLong, name, " must be an int64 tensor, got ", t.scalar_type());
   TORCH_CHECK(t.dim() == 1 && t.size(0) == expected_len, name, " must have shape [",
               expected_len, "], got ", t.sizes());
-  TORCH_CHECK(t.device() == like.device(), name, " must be on the same device as ", like_name,
-              " (", like.device(), "), got ", t.device());
+  check_same_device(t, name, like, like_name);
 }
 
 void check_temperature(double temperature) {
@@ -39,8 +36,8 @@ InstanceMapping parse_mapping(c10::string_view mapping, int64_t num_windows) {
   if (mapping == "all") return {false, 1};
   TORCH_CHECK(mapping == "window", "mapping must be one of 'all', 'window', 'frame', got '",
               std::string(mapping), "'");
-  TORCH_CHECK(num_windows >= 1, "num_windows must be >= 1 for mapping='window', got ",
-              num_windows);
+  TORCH_CHECK(num_windows >= 1 && num_windows <= kMaxWindows, "num_windows must be in [1, ",
+              kMaxWindows, "] for mapping='window', got ", num_windows);
   return {false, num_windows};
 }
 
@@ -58,15 +55,12 @@ at::Tensor check_seq_nce_args(const at::Tensor& frames_a, const at::Tensor& fram
   TORCH_CHECK(frames_a.scalar_type() == frames_b.scalar_type(),
               "frames_a and frames_b must have the same dtype, got ", frames_a.scalar_type(),
               " and ", frames_b.scalar_type());
-  TORCH_CHECK(frames_a.device() == frames_b.device(),
-              "frames_a and frames_b must be on the same device, got ", frames_a.device(),
-              " and ", frames_b.device());
+  check_same_device(frames_b, "frames_b", frames_a, "frames_a");
   TORCH_CHECK(!at::isFloatingType(lengths.scalar_type()) && lengths.scalar_type() != at::kBool,
               "lengths must be an integer tensor, got ", lengths.scalar_type());
   TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) > 0,
               "lengths must be a non-empty 1-D tensor, got shape ", lengths.sizes());
-  TORCH_CHECK(lengths.device() == frames_a.device(), "lengths must be on the same device as ",
-              "frames_a (", frames_a.device(), "), got ", lengths.device());
+  check_same_device(lengths, "lengths", frames_a, "frames_a");
   check_temperature(temperature);
   const at::Tensor lens = lengths.to(at::kLong);
   // One host read for both value checks (a single sync on CUDA).
@@ -86,8 +80,7 @@ void check_nce_rows_args(const at::Tensor& rows, const at::Tensor& cols, const a
               rows.size(1), " and ", cols.size(1));
   TORCH_CHECK(rows.scalar_type() == cols.scalar_type(), "rows and cols must have the same dtype, got ",
               rows.scalar_type(), " and ", cols.scalar_type());
-  TORCH_CHECK(rows.device() == cols.device(), "rows and cols must be on the same device, got ",
-              rows.device(), " and ", cols.device());
+  check_same_device(cols, "cols", rows, "rows");
   check_index_vector(positive, "positive", rows, "rows", rows.size(0));
   check_index_vector(exclude, "exclude", rows, "rows", rows.size(0));
   check_temperature(temperature);

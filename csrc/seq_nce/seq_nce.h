@@ -2,6 +2,8 @@
 // code in seq_nce.cpp) and the small formulas both devices must agree on.
 #pragma once
 
+#include "../common.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/string_view.h>
@@ -10,6 +12,12 @@
 #include <limits>
 
 namespace seqclr_ext {
+
+// Instances are divided by max(|z|, kNormEps) (seqclr_ext/ops/seq_nce.py: NORM_EPS).
+constexpr double kNormEps = 1e-8;
+// The most windows per image (seqclr_ext/ops/seq_nce.py: MAX_WINDOWS): a bound, so that a
+// mistyped num_windows fails at once instead of running an O((N·num_windows)²) loss for hours.
+constexpr int64_t kMaxWindows = 1024;
 
 // How frames become contrastive instances (DESIGN.md §1): one instance per frame, or
 // `num_windows` adaptive-average windows per image ("all" is window with 1).

@@ -34,7 +34,6 @@ namespace {
 
 constexpr int64_t kRows = 128;  // rows per block
 constexpr int64_t kCols = 512;  // columns per tile
-constexpr double kNormEps = 1e-8;
 
 // One NCE problem: rows q [R, F] against columns k [C, F] (contiguous, accumulation dtype),
 // row r's positive column pos[r] and excluded column excl[r] (-1: none).
@@ -246,8 +245,6 @@ void pool_normalize_backward(const acc_t* dz, const acc_t* z, const acc_t* norms
     }
   });
 }
-
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // Positive (twin) and excluded (self) column of each of seq_nce's 2M rows.
 std::pair<at::Tensor, at::Tensor> twin_indices(int64_t M) {

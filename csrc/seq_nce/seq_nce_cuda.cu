@@ -35,7 +35,6 @@ constexpr int kThreads = 256;  // 8 warps; the FMA tile products see them as 16Ã
 constexpr int kWarps = kThreads / 32;
 constexpr int kFmaK = 16;  // features per step of the FMA logit product
 constexpr int kMmaK = 32;  // features per step of the tensor-core logit product
-constexpr double kNormEps = 1e-8;
 
 template <typename T>
 struct MmaElement;
@@ -575,15 +574,6 @@ __global__ void __launch_bounds__(kThreads)
       if (d < F) out[d] = static_cast<scalar_t>(acc[u]);
     }
   }
-}
-
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-unsigned int grid_size(int64_t n, int64_t per_block) {
-  const int64_t blocks = (n + per_block - 1) / per_block;
-  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "seqclr_ext: ", n,
-              " rows exceed the CUDA grid limit");
-  return static_cast<unsigned int>(blocks);
 }
 
 // Whether rows of F scalar_t starting at each tensor's data allow 16-byte vector loads.

@@ -18,8 +18,7 @@ void check_stats(const at::Tensor& t, const char* name, const at::Tensor& conten
               name, " must have shape [", content.size(0), ", 2, ", content.size(1), "], got ",
               t.sizes());
   TORCH_CHECK(t.scalar_type() == acc, name, " must be ", acc, ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == content.device(), name, " must be on content's device ",
-              content.device(), ", got ", t.device());
+  check_same_device(t, name, content, "content");
 }
 
 }  // namespace
@@ -29,12 +28,10 @@ void check_siman_normalize_args(const at::Tensor& content, const at::Tensor& sty
   check_feature_map(content, "content");
   check_feature_map(style, "style");
   const auto dt = content.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-              "content must be float32, float64, float16 or bfloat16, got ", dt);
+  check_floating(content, "content");
   TORCH_CHECK(style.scalar_type() == dt, "style must have content's dtype ", dt, ", got ",
               style.scalar_type());
-  TORCH_CHECK(style.device() == content.device(), "style must be on content's device ",
-              content.device(), ", got ", style.device());
+  check_same_device(style, "style", content, "content");
   TORCH_CHECK(style.size(0) == content.size(0), "style must have content's batch size ",
               content.size(0), ", got ", style.size(0));
   TORCH_CHECK(style.size(1) == content.size(1), "style must have content's channel count ",
@@ -58,15 +55,13 @@ void check_siman_normalize_backward_args(const at::Tensor& grad_out, const at::T
   TORCH_CHECK(grad_out.scalar_type() == content.scalar_type(),
               "grad_out must have content's dtype ", content.scalar_type(), ", got ",
               grad_out.scalar_type());
-  TORCH_CHECK(grad_out.device() == content.device(), "grad_out must be on content's device ",
-              content.device(), ", got ", grad_out.device());
-  const auto acc = siman_acc_dtype(content.scalar_type());
+  check_same_device(grad_out, "grad_out", content, "content");
+  const auto acc = acc_dtype(content.scalar_type());
   const int64_t B = content.size(0), N = content.size(2) * content.size(3);
   TORCH_CHECK(lse.dim() == 2 && lse.size(0) == B && lse.size(1) == N, "lse must have shape [",
               B, ", ", N, "], got ", lse.sizes());
   TORCH_CHECK(lse.scalar_type() == acc, "lse must be ", acc, ", got ", lse.scalar_type());
-  TORCH_CHECK(lse.device() == content.device(), "lse must be on content's device ",
-              content.device(), ", got ", lse.device());
+  check_same_device(lse, "lse", content, "content");
   check_stats(content_stats, "content_stats", content, acc);
   check_stats(style_stats, "style_stats", content, acc);
 }

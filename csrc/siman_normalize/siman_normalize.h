@@ -9,6 +9,8 @@
 // log-sum-exp of every row of S; the backward recomputes S and A from them.
 #pragma once
 
+#include "../common.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
@@ -30,11 +32,6 @@ void check_siman_normalize_backward_args(const at::Tensor& grad_out, const at::T
                                          const at::Tensor& content_stats,
                                          const at::Tensor& style_stats, int64_t kernel_size,
                                          double eps);
-
-// Float32 accumulation for float16/bfloat16/float32, float64 for float64.
-inline at::ScalarType siman_acc_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 // [lo, hi): the positions of the k×k neighbourhood (half = k / 2) around i that exist on a
 // side of n positions.

@@ -307,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siman_normalize_cpu(
     const at::Tensor& content, const at::Tensor& style, int64_t kernel_size, double eps) {
   check_siman_normalize_args(content, style, kernel_size, eps);
   const int64_t B = content.size(0), C = content.size(1);
-  const auto acc = content.options().dtype(siman_acc_dtype(content.scalar_type()));
+  const auto acc = content.options().dtype(acc_dtype(content.scalar_type()));
   at::Tensor out = at::empty(content.sizes(), content.options());
   at::Tensor lse = at::empty({B, content.size(2) * content.size(3)}, acc);
   at::Tensor content_stats = at::empty({B, 2, C}, acc), style_stats = at::empty({B, 2, C}, acc);

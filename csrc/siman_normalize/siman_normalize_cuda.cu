@@ -520,13 +520,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-unsigned int blocks_for(int64_t n, int64_t per_block) {
-  const int64_t blocks = (n + per_block - 1) / per_block;
-  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "siman_normalize: ", n,
-              " items exceed the CUDA grid limit");
-  return static_cast<unsigned int>(blocks);
-}
-
 // Blocks of an elementwise grid-stride loop over n items.
 unsigned int stride_blocks(int64_t n) {
   return static_cast<unsigned int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8));
@@ -561,7 +554,7 @@ void launch_tiles(Kernel kernel, int64_t tiles, int64_t B, int64_t C, int64_t gr
   C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(bytes)));
-  const dim3 grid(blocks_for(tiles * B, 1), 1, blocks_for(C, group));
+  const dim3 grid(grid_size(tiles * B, 1), 1, grid_size(C, group));
   TORCH_CHECK(grid.z <= 65535, "siman_normalize: too many channel groups");
   kernel<<<grid, kThreads, bytes, stream>>>(args...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -574,11 +567,11 @@ void prepare(const at::Tensor& content, const at::Tensor& style, const Dims& d, 
              at::Tensor& key, at::Tensor& V, cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
   if (fresh) {
-    instance_stats_kernel<scalar_t><<<blocks_for(d.B * d.C, kWarps), kThreads, 0, stream>>>(
+    instance_stats_kernel<scalar_t><<<grid_size(d.B * d.C, kWarps), kThreads, 0, stream>>>(
         content.const_data_ptr<scalar_t>(), d.B * d.C, d.N, d.C, eps,
         content_stats.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    instance_stats_kernel<scalar_t><<<blocks_for(d.B * d.C, kWarps), kThreads, 0, stream>>>(
+    instance_stats_kernel<scalar_t><<<grid_size(d.B * d.C, kWarps), kThreads, 0, stream>>>(
         style.const_data_ptr<scalar_t>(), d.B * d.C, d.L, d.C, eps,
         style_stats.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -595,7 +588,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siman_normalize_cuda(
   check_siman_normalize_args(content, style, kernel_size, eps);
   const c10::cuda::CUDAGuard guard(content.device());
   const Dims d = dims_of(content, style, kernel_size);
-  const auto acc = content.options().dtype(siman_acc_dtype(content.scalar_type()));
+  const auto acc = content.options().dtype(acc_dtype(content.scalar_type()));
   at::Tensor out = at::empty(content.sizes(), content.options());
   at::Tensor lse = at::empty({d.B, d.N}, acc);
   at::Tensor content_stats = at::empty({d.B, 2, d.C}, acc);
@@ -667,11 +660,11 @@ std::tuple<at::Tensor, at::Tensor> siman_normalize_backward_cuda(
                    D.const_data_ptr<acc_t>(), d_key.mutable_data_ptr<acc_t>(),
                    d_V.mutable_data_ptr<acc_t>());
     }
-    content_grad_kernel<scalar_t><<<blocks_for(d.B * d.C, kWarps), kThreads, 0, stream>>>(
+    content_grad_kernel<scalar_t><<<grid_size(d.B * d.C, kWarps), kThreads, 0, stream>>>(
         d_ch.const_data_ptr<acc_t>(), ch.const_data_ptr<acc_t>(), cstats.const_data_ptr<acc_t>(),
         d.B * d.C, d.C, d.N, grad_content.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    style_grad_kernel<scalar_t><<<blocks_for(d.B * d.C, kWarps), kThreads, 0, stream>>>(
+    style_grad_kernel<scalar_t><<<grid_size(d.B * d.C, kWarps), kThreads, 0, stream>>>(
         d_key.const_data_ptr<acc_t>(), key.const_data_ptr<acc_t>(), V.const_data_ptr<acc_t>(),
         d_V.const_data_ptr<acc_t>(), s.const_data_ptr<scalar_t>(), sstats.const_data_ptr<acc_t>(),
         d, grad_style.mutable_data_ptr<scalar_t>());

@@ -21,8 +21,7 @@ void check_tps_grid_sample_args(const at::Tensor& image, const at::Tensor& contr
   TORCH_CHECK(image.size(1) > 0 && image.size(2) > 0 && image.size(3) > 0,
               "image must have C, H, W >= 1, got shape ", image.sizes());
   const auto dt = image.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-              "image must be float32, float64, float16 or bfloat16, got ", dt);
+  check_floating(image, "image");
   TORCH_CHECK(control_points.dim() == 3 && control_points.size(2) == 2,
               "control_points must be a 3-D [B, K, 2] tensor, got shape ", control_points.sizes());
   TORCH_CHECK(control_points.size(0) == image.size(0),
@@ -34,9 +33,7 @@ void check_tps_grid_sample_args(const at::Tensor& image, const at::Tensor& contr
   TORCH_CHECK(control_points.scalar_type() == dt,
               "control_points must have image's dtype ", dt, ", got ",
               control_points.scalar_type());
-  TORCH_CHECK(control_points.device() == image.device(),
-              "control_points must be on image's device ", image.device(), ", got ",
-              control_points.device());
+  check_same_device(control_points, "control_points", image, "image");
   TORCH_CHECK(output_size.size() == 2, "output_size must be (H_out, W_out), got ", output_size);
   TORCH_CHECK(output_size[0] >= 1 && output_size[1] >= 1,
               "output_size must be two positive ints, got ", output_size);
@@ -50,8 +47,7 @@ void check_tps_grid_sample_backward_args(const at::Tensor& grad_output, const at
   TORCH_CHECK(grad_output.size(0) == image.size(0) && grad_output.size(1) == image.size(1),
               "grad_output must have image's batch and channels [", image.size(0), ", ",
               image.size(1), ", H_out, W_out], got shape ", grad_output.sizes());
-  TORCH_CHECK(grad_output.device() == image.device(), "grad_output must be on image's device ",
-              image.device(), ", got ", grad_output.device());
+  check_same_device(grad_output, "grad_output", image, "image");
 }
 
 namespace {
@@ -117,7 +113,7 @@ at::Tensor tps_control_point_grad(const TpsSystem& sys, const at::Tensor& grad_t
 }
 
 TpsPlan tps_plan(const at::Tensor& image, const at::Tensor& control_points) {
-  const auto dtype = image.scalar_type(), acc = tps_acc_dtype(dtype);
+  const auto dtype = image.scalar_type(), acc = acc_dtype(dtype);
   TpsSystem sys = tps_system(control_points.size(1), acc, image.device());
   at::Tensor T = tps_transform(sys, control_points, acc);
   return {dtype, acc, std::move(sys), std::move(T)};

@@ -4,6 +4,8 @@
 // grid_sample(padding_mode='border', align_corners=True).
 #pragma once
 
+#include "../common.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/ArrayRef.h>
@@ -64,11 +66,6 @@ std::tuple<at::Tensor, at::Tensor> tps_backward_outputs(const TpsPlan& plan,
                                                          const TpsGrads& grads,
                                                          const at::Tensor& image);
 
-// Float32 accumulation for float16/bfloat16/float32, float64 for float64.
-inline at::ScalarType tps_acc_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // U(r) = r² log r written on d2 = r² as d2·log(d2)/2, with U(0) = 0.
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t tps_kernel(acc_t d2) {
@@ -112,8 +109,8 @@ C10_HOST_DEVICE inline void tps_source_point(acc_t px, acc_t py, const acc_t* ba
 // border itself as clamped). Branch-free: x0 stops at size − 2, so the east neighbour
 // always exists (at the right border the weights are 0 and 1, the same value as
 // grid_sample's single in-bounds corner); a plane one pixel wide has step 0 and weight 0.
-// A NaN coordinate reads pixel 0 with NaN weights: the result is NaN and no index is ever
-// out of bounds.
+// A NaN coordinate clamps to pixel 0, as grid_sample's does (so a non-finite control point
+// does not turn the whole output NaN), and ±inf to the borders.
 template <typename acc_t>
 struct BilinearTap {
   int64_t x0, y0;
@@ -128,8 +125,8 @@ C10_HOST_DEVICE inline void border_clamp(acc_t coord, int64_t size, int64_t& i0,
   const acc_t max = static_cast<acc_t>(size - 1);
   const acc_t ic = (coord + acc_t(1)) / acc_t(2) * max;  // unnormalize, align_corners=True
   const bool inside = ic > acc_t(0) && ic < max;
-  const acc_t c = ic <= acc_t(0) ? acc_t(0) : (ic >= max ? max : ic);  // NaN stays NaN
-  // c >= 0, so truncation is floor (and no libm call on CPU); NaN fails the test -> 0.
+  const acc_t c = ic > acc_t(0) ? (ic < max ? ic : max) : acc_t(0);  // NaN fails: 0
+  // c >= 0, so truncation is floor (and no libm call on CPU).
   const int64_t last = size > 1 ? size - 2 : 0;
   i0 = c >= acc_t(1) ? static_cast<int64_t>(c) : 0;
   if (i0 > last) i0 = last;

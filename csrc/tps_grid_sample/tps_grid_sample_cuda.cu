@@ -191,7 +191,7 @@ TpsArgs<acc_t> tps_args(const TpsPlan& plan, const at::Tensor& image, int64_t H_
 }
 
 dim3 pixel_grid(int64_t B, int64_t n) {
-  return dim3(static_cast<unsigned>((n + kThreads - 1) / kThreads),
+  return dim3(grid_size(n, kThreads),
               static_cast<unsigned>(std::min(B, kMaxGridY)));
 }
 
@@ -241,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor> tps_grid_sample_backward_cuda(
           partial.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const int64_t entries = B * 2 * (K + 3);
-      sum_tiles_kernel<acc_t><<<static_cast<unsigned>((entries + kThreads - 1) / kThreads),
+      sum_tiles_kernel<acc_t><<<grid_size(entries, kThreads),
                                 kThreads, 0, stream>>>(partial.const_data_ptr<acc_t>(), B,
                                                        grid.x, 2 * (K + 3),
                                                        grads.grad_T.mutable_data_ptr<acc_t>());

@@ -5,29 +5,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..ops import nce_rows, seq_nce
-from ..ops.reference import NORM_EPS
+from ..ops.seq_nce import NORM_EPS, pool_instances
 
-__all__ = ["contrastive_loss", "pool_instances"]
-
-
-def pool_instances(frames, lengths, mapping="window", num_windows=5):
-    """seq_nce's instance mapping (DESIGN.md §1 step 1) without a loop over the images:
-    packed frames [total, F] -> instances [M, F]. Window j of an image of T frames averages
-    frames [floor(j·T/T'), ceil((j+1)·T/T')) (adaptive_avg_pool1d); "all" is T' = 1."""
-    if mapping == "frame":
-        return frames
-    windows = 1 if mapping == "all" else num_windows
-    t = lengths.to(frames.device)[:, None]
-    j = torch.arange(windows, device=frames.device)
-    start = j * t // windows                                   # [N, T']
-    end = ((j + 1) * t + windows - 1) // windows
-    span = int((end - start).max())
-    index = start[..., None] + torch.arange(span, device=frames.device)   # [N, T', span]
-    inside = index < end[..., None]
-    offsets = (t.cumsum(0) - t)[..., None]
-    picked = frames[(offsets + torch.minimum(index, end[..., None] - 1)).flatten()]
-    picked = picked.view(*index.shape, -1) * inside[..., None].to(frames.dtype)
-    return (picked.sum(2) / (end - start)[..., None].to(frames.dtype)).flatten(0, 1)
+__all__ = ["contrastive_loss"]
 
 
 class _AllGather(torch.autograd.Function):

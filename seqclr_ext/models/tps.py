@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 try:
     from seqclr_ext.ops import tps_grid_sample
-    from seqclr_ext.ops.reference import tps_base_points
+    from seqclr_ext.ops.tps_grid_sample import tps_base_points
     _IMPORT_ERROR = None
 except ImportError as exc:  # the compiled ops are not loadable (see seqclr_ext.ops)
     tps_base_points = tps_grid_sample = None

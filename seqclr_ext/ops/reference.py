@@ -6,19 +6,8 @@ them when SEQCLR_EXT_REFERENCE=1 (machines without the built extension).
 import torch
 import torch.nn.functional as F
 
-NORM_EPS = 1e-8
-
-
-def instances(frames, lengths, mapping="window", num_windows=5):
-    """Packed frames [total, F] -> instances [M, F] (DESIGN.md §1 step 1)."""
-    if mapping == "frame":
-        return frames
-    windows = 1 if mapping == "all" else num_windows
-    pooled = [
-        F.adaptive_avg_pool1d(seq.t().unsqueeze(0), windows).squeeze(0).t()
-        for seq in torch.split(frames, lengths.tolist())
-    ]
-    return torch.cat(pooled)
+from .seq_nce import NORM_EPS, check_num_windows, pool_instances
+from .tps_grid_sample import tps_grid_terms
 
 
 def nce_rows(rows, cols, positive, exclude, *, temperature=0.1):
@@ -34,64 +23,14 @@ def nce_rows(rows, cols, positive, exclude, *, temperature=0.1):
 
 def seq_nce(frames_a, frames_b, lengths, *, mapping="window", num_windows=5, temperature=0.1):
     """SeqCLR loss (eq. 1): mean NT-Xent over the 2M rows of [Z_a; Z_b]."""
-    z = torch.cat([instances(frames_a, lengths, mapping, num_windows),
-                   instances(frames_b, lengths, mapping, num_windows)])
+    check_num_windows(mapping, num_windows)
+    z = torch.cat([pool_instances(frames_a, lengths, mapping, num_windows),
+                   pool_instances(frames_b, lengths, mapping, num_windows)])
     z = F.normalize(z, dim=1, eps=NORM_EPS)
     m = z.shape[0] // 2
     logits = (z @ z.t() / temperature).fill_diagonal_(float("-inf"))
     twin = torch.arange(2 * m, device=z.device).roll(m)
     return F.cross_entropy(logits, twin)
-
-
-def tps_base_points(num_points, *, dtype=torch.float64, device=None):
-    """Base fiducial points C [K, 2] (DESIGN.md §2): K/2 along the top edge (y = -1), then
-    K/2 along the bottom edge (y = +1), x = linspace(-1, 1, K/2) on both."""
-    x = torch.linspace(-1.0, 1.0, num_points // 2, dtype=dtype, device=device)
-    top = torch.stack([x, -torch.ones_like(x)], dim=1)
-    bottom = torch.stack([x, torch.ones_like(x)], dim=1)
-    return torch.cat([top, bottom])
-
-
-def _tps_kernel(d2):
-    """U(r) = r² log r written on d2 = r² as d2·log(d2)/2, with U(0) = 0."""
-    positive = d2 > 0
-    safe = torch.where(positive, d2, torch.ones_like(d2))
-    return torch.where(positive, 0.5 * d2 * torch.log(safe), torch.zeros_like(d2))
-
-
-def tps_grid_terms(num_points, output_size, *, dtype=torch.float64, device=None):
-    """(P̂ [H_out·W_out, K+3], Δ_C⁻¹ [K+3, K+3]) in ``dtype`` (Δ_C inverted in float64).
-    P̂ rows [1, x, y, U(|p - c_k|)] for the output pixel centres (2k+1)/W_out - 1,
-    row-major (y outer)."""
-    h_out, w_out = (int(s) for s in output_size)
-    if h_out < 1 or w_out < 1:
-        raise ValueError(f"output_size must be positive, got {tuple(output_size)}")
-    # Δ_C = [[1, C, U(C, C)], [0, Cᵀ], [0, 1ᵀ]], inverted in float64.
-    c = tps_base_points(num_points, dtype=torch.float64, device=device)
-    u_cc = _tps_kernel(((c[:, None, :] - c[None, :, :]) ** 2).sum(-1))
-    delta = torch.zeros(num_points + 3, num_points + 3, dtype=torch.float64, device=device)
-    delta[:num_points, 0] = 1.0
-    delta[:num_points, 1:3] = c
-    delta[:num_points, 3:] = u_cc
-    delta[num_points:num_points + 2, 3:] = c.t()
-    delta[num_points + 2, 3:] = 1.0
-    inv_delta = torch.linalg.inv(delta).to(dtype)
-
-    ys = (2 * torch.arange(h_out, dtype=dtype, device=device) + 1) / h_out - 1
-    xs = (2 * torch.arange(w_out, dtype=dtype, device=device) + 1) / w_out - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    p = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)                 # [n, 2]
-    u_pc = _tps_kernel(((p[:, None, :] - c.to(dtype)[None, :, :]) ** 2).sum(-1))  # [n, K]
-    p_hat = torch.cat([torch.ones_like(p[:, :1]), p, u_pc], dim=1)            # [n, K+3]
-    return p_hat, inv_delta
-
-
-def tps_grid_matrix(num_points, output_size, *, dtype=torch.float64, device=None):
-    """The TPS grid as a linear map of the control points, A = P̂ Δ_C⁻¹[:, :K] of shape
-    [H_out·W_out, K]: the source points for C′ [B, K, 2] are A C′ (the last 3 rows of
-    [C′; 0] are zero). Computed in float64, returned in ``dtype``."""
-    p_hat, inv_delta = tps_grid_terms(num_points, output_size, device=device)
-    return (p_hat @ inv_delta[:, :num_points]).to(dtype)
 
 
 def tps_grid_sample(image, control_points, output_size):
