@@ -31,9 +31,9 @@ from ..methods.seqclr import MAPPINGS
 from ..methods.siman import crop_patches
 from ..models import HEADS
 from . import distributed
-from .common import (PRETRAIN_STEPS, Repeat, add_model_arguments, add_trainer_arguments,
-                     apply_recipe, make_charset, make_recognizer, resumable_loader, run_task,
-                     seed_everything, step_generator)
+from .options import (PRETRAIN_STEPS, Repeat, add_model_arguments, add_trainer_arguments,
+                      apply_recipe, make_charset, make_recognizer)
+from .running import resumable_loader, run_task, seed_everything, step_generator
 from .trainer import Task
 
 NAME = "pretrain"
