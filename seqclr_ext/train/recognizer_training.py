@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from ..data import LmdbDataset, RecognitionCollate, load_or_make_subset
+from ..data import Batch, LmdbDataset, RecognitionCollate, load_or_make_subset
 from ..data.augment import SeqCLRAugment
 from ..evaluate import evaluate_dataset, format_table, load_checkpoint, predict
 from ..metrics import evaluate as score
 from ..models import Recognizer, RecognizerConfig
+from ..task import Task
 from . import distributed
 from .options import RECOGNIZER_RECIPES, Repeat, apply_recipe
 from .running import resumable_loader, run_task, step_generator
-from .trainer import Task
 
 __all__ = ["add_data_arguments", "resolve_defaults", "init_from_checkpoint",
            "train_recognizer"]
@@ -116,15 +116,14 @@ def train_recognizer(config: dict, model, charset) -> int:
 
     def loss(model, item):
         step, batch = item
-        images = batch["images"].to(device)
-        widths = batch["widths"].to(device) if batch["widths"] is not None else None
+        batch = Batch(**batch).to(device)
+        images = batch.images
         if config["augment"] > 0:
             generator = step_generator(config, step)
             chosen = torch.rand(len(images), generator=generator, device=images.device)
             images = torch.where((chosen < config["augment"])[:, None, None, None],
-                                 augment(images, widths, generator), images)
-        out = model(images, widths, batch["targets"].to(device),
-                    batch["target_lengths"].to(device))
+                                 augment(images, batch.widths, generator), images)
+        out = model(images, batch.widths, batch.targets, batch.target_lengths)
         return out["loss"], {}
 
     validate = None

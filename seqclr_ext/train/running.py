@@ -15,10 +15,11 @@ import yaml
 from torch.utils.data import DataLoader
 
 from ..data import ResumableBatchSampler
+from ..task import Task
 from . import distributed
 from .options import RUN_CONTROL_KEYS
 from .plot import plot_run
-from .trainer import Task, Trainer, TrainingDiverged
+from .trainer import Trainer, TrainingDiverged
 
 __all__ = ["seed_everything", "worker_ignore_sigterm", "resumable_loader", "step_generator",
            "set_threads", "run_task", "SIGTERM_EXIT"]
