@@ -45,6 +45,7 @@ __all__ = ["COMMANDS", "build_parser", "parse", "removed_if_unstarted"]
 
 COMMANDS = {m.NAME: m for m in (pretrain, decoder_eval, finetune, supervised, plot)}
 
+
 class _Formatter(argparse.HelpFormatter):
     """Shows every option's default, also for options without help text."""
 
