@@ -19,7 +19,7 @@ from pathlib import Path
 from protocols import (DECODERS, built_in_data, figure, markdown_table, parse_args, percent,
                        read_test_metrics, run_flags, run_once)
 
-from seqclr_ext.train.common import RECOGNIZER_RECIPES
+from seqclr_ext.train.options import RECOGNIZER_RECIPES
 from seqclr_ext.train.plot import read_metrics
 
 THRESHOLDS = (0.5, 0.8, 0.9)

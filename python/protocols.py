@@ -14,9 +14,9 @@ import argparse
 from contextlib import contextmanager
 from pathlib import Path
 
-from seqclr_ext.train import default
-from seqclr_ext.train.default import built_in_data, markdown_table, read_test_metrics
-from seqclr_ext.train.default import run_flags, run_once
+from seqclr_ext.train import runner
+from seqclr_ext.train.runner import built_in_data, markdown_table, read_test_metrics
+from seqclr_ext.train.runner import run_flags, run_once
 
 __all__ = ["DECODERS", "PRETRAINING", "METHODS", "slug", "parse_args", "built_in_data",
            "pretrain", "run_flags", "run_once", "read_test_metrics", "train_and_test",
@@ -52,7 +52,7 @@ def parse_args(doc: str, run_dir: str, add_arguments=None, argv=None) -> dict:
     --decoders, --quick, and the driver's own ones (``add_arguments(parser)``)."""
     p = argparse.ArgumentParser(description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    default.add_experiment_arguments(p)
+    runner.add_experiment_arguments(p)
     p.set_defaults(run_dir=run_dir)
     p.add_argument("--decoders", nargs="+", choices=DECODERS, default=list(DECODERS),
                    help="decoders of the recognizer runs")

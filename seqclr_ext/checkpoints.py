@@ -31,6 +31,7 @@ import os
 import pickle
 import re
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,10 @@ def load(path: str | os.PathLike, kinds: str | Iterable[str],
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: the payload holds more than tensors and plain "
                               f"values; refused ({first})") from None
+
+
+def encoder_checkpoint(method) -> dict:
+    """The ``encoder`` payload of a pre-training method (SeqCLR, SimCLR or SimAN)."""
+    return {"model_config": asdict(method.recognizer.config),
+            "encoder_state": method.encoder_state(),
+            "representation": method.representation}

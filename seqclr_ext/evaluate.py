@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoints
 from .checks import check_device, check_lmdb, check_range
-from .data import Charset, LmdbDataset, RecognitionCollate
+from .data import Batch, Charset, LmdbDataset, RecognitionCollate
 from .metrics import evaluate as score
 from .models import Recognizer, RecognizerConfig
 
@@ -71,13 +71,14 @@ def predict(model: Recognizer, charset: Charset, loader, device) -> tuple[list[s
     was_training = model.training
     model.eval()
     preds, labels = [], []
-    for batch in loader:
+    for collated in loader:
+        batch = Batch(**collated)
         found = iter(())
-        if len(batch["images"]):
-            widths = batch["widths"].to(device) if batch["widths"] is not None else None
-            found = iter(model.predict(batch["images"].to(device), widths))
-        preds += [charset.decode(next(found)) if ok else "" for ok in batch["readable"]]
-        labels += [charset.normalize(lab) for lab in batch["labels"]]
+        if len(batch.images):
+            inputs = batch.to(device)
+            found = iter(model.predict(inputs.images, inputs.widths))
+        preds += [charset.decode(next(found)) if ok else "" for ok in batch.readable]
+        labels += [charset.normalize(lab) for lab in batch.labels]
     model.train(was_training)
     return preds, labels
 

@@ -31,7 +31,7 @@ from .data import write_lmdb
 from .data.lmdb_dataset import _DECODE_ERRORS, to_mode
 from .data.render import FONT_ROOT
 from .methods import SimAN
-from .train.common import make_charset, make_recognizer
+from .train.options import make_charset, make_recognizer
 
 __all__ = ["load_generator", "render_plain", "synthesize", "main"]
 

@@ -169,7 +169,7 @@ def test_convergence(tmp_path, subprocess_env):
     header, rows = _table(runs / "convergence.md")
     assert header[:6] == ["style", "recipe", "decoder", "test word acc. (%)", "test CER (%)",
                           "wall time (min)"]
-    from seqclr_ext.train.common import RECOGNIZER_RECIPES
+    from seqclr_ext.train.options import RECOGNIZER_RECIPES
     assert [r[:3] for r in rows] == [["scene", recipe, decoder] for recipe in RECOGNIZER_RECIPES
                                      for decoder in DECODERS]
     for style, recipe, decoder, acc, cer, *_ in rows:

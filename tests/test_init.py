@@ -9,7 +9,7 @@ from seqclr_ext import checkpoints, evaluate
 from seqclr_ext.data import Charset
 from seqclr_ext.models import Recognizer
 from seqclr_ext.train.cli import main
-from seqclr_ext.train.supervised import init_from_checkpoint
+from seqclr_ext.train.recognizer_training import init_from_checkpoint
 
 FAST = ["--device", "cpu", "--batch-size", "4", "--workers", "0", "--no-progress",
         "--no-tensorboard", "--log-every", "1", "--val-every", "0"]

@@ -9,8 +9,8 @@ from PIL import Image
 from seqclr_ext.data import Charset, RecognitionCollate, write_lmdb
 from seqclr_ext.models import Recognizer, RecognizerConfig
 from seqclr_ext.train import lr_factor, make_optimizer, make_scheduler
-from seqclr_ext.train.cli import parse
-from seqclr_ext.train.common import RECOGNIZER_RECIPES
+from seqclr_ext.train.commands import parse
+from seqclr_ext.train.options import RECOGNIZER_RECIPES
 from seqclr_ext.train.pretrain import CONTRASTIVE_RECIPES, SIMAN_RECIPES
 
 SUPERVISED = ["supervised", "--train", "x.lmdb", "--run-dir", "r"]

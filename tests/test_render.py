@@ -16,7 +16,7 @@ from PIL import Image
 from seqclr_ext.data import Charset, LmdbDataset, read_meta, render_split, write_lmdb
 from seqclr_ext.data import render as R
 from seqclr_ext.data.__main__ import main
-from seqclr_ext.train.default import built_in_data
+from seqclr_ext.train.runner import built_in_data
 
 SPLITS = ("scene-train", "scene-test", "hand-train", "hand-test")
 

@@ -19,8 +19,9 @@ from seqclr_ext.data import (Charset, RecognitionCollate, ResumableBatchSampler,
                              load_or_make_subset, write_lmdb)
 from seqclr_ext.models import CTCDecoder
 from seqclr_ext.train import rng_state, set_rng_state
-from seqclr_ext.train.cli import main, parse
-from seqclr_ext.train.common import RECOGNIZER_RECIPES
+from seqclr_ext.train.cli import main
+from seqclr_ext.train.commands import parse
+from seqclr_ext.train.options import RECOGNIZER_RECIPES
 
 WORDS = ["cat", "dog", "Hello", "42", "tree", "ok", "moon", "Sun!"]
 FAST = ["--device", "cpu", "--preset", "small", "--no-tps", "--batch-size", "4", "--workers", "0",
@@ -385,8 +386,9 @@ def test_yaml_config_and_flag_override(tmp_path):
 def test_help_is_written_for_users(capsys):
     """Every option of every subcommand has a help text, and the top-level help shows no
     developer markup (reST double backticks)."""
-    from seqclr_ext.train.cli import build_parser
-    parser, subs = build_parser()
+    from seqclr_ext.train.cli import COMMANDS
+    from seqclr_ext.train.commands import build_parser
+    parser, subs = build_parser(COMMANDS)
     for name, sub in subs.items():
         assert [a.option_strings for a in sub._actions if not a.help] == [], name
     with pytest.raises(SystemExit):

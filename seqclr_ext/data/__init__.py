@@ -1,5 +1,6 @@
 """Data: character sets, LMDB datasets (deep-text-recognition-benchmark layout)."""
-from .batching import RecognitionCollate, ResumableBatchSampler, label_subset, load_or_make_subset
+from .batching import (Batch, RecognitionCollate, ResumableBatchSampler, label_subset,
+                       load_or_make_subset)
 from .charset import ALPHANUMERIC, FRENCH_ACCENTS, PRINTABLE, Charset
 from .convert import ConvertStats, convert_folder
 from .lmdb_dataset import DatasetStats, LmdbDataset, read_meta, write_lmdb
@@ -10,6 +11,7 @@ __all__ = [
     "FRENCH_ACCENTS",
     "PRINTABLE",
     "Charset",
+    "Batch",
     "RecognitionCollate",
     "ResumableBatchSampler",
     "label_subset",

@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from PIL import Image
 
 from .charset import Charset
 
-__all__ = ["RecognitionCollate", "ResumableBatchSampler", "label_subset", "load_or_make_subset"]
+__all__ = ["Batch", "RecognitionCollate", "ResumableBatchSampler", "label_subset", "load_or_make_subset"]
 
 MIN_WIDTH = 4  # the recognizer's narrowest input (seqclr_ext.models.MIN_WIDTH)
 
@@ -67,6 +68,23 @@ class RecognitionCollate:
                 targets[i, : len(e)] = torch.tensor(e, dtype=torch.long)
             out.update(targets=targets, target_lengths=lengths)
         return out
+
+
+class Batch(NamedTuple):
+    """A :class:`RecognitionCollate` batch: ``Batch(**collate(samples))``."""
+    images: torch.Tensor
+    widths: torch.Tensor | None
+    labels: list[str]
+    readable: torch.Tensor
+    targets: torch.Tensor | None = None
+    target_lengths: torch.Tensor | None = None
+
+    def to(self, device) -> Batch:
+        """The model's inputs (images, widths, targets) on ``device``; None stays None."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return self._replace(images=move(self.images), widths=move(self.widths),
+                             targets=move(self.targets),
+                             target_lengths=move(self.target_lengths))
 
 
 class ResumableBatchSampler:

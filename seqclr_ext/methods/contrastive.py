@@ -1,13 +1,16 @@
-"""The NT-Xent loss of SeqCLR and SimCLR, on one process (``seq_nce``) or with the
-negatives of every rank of a distributed run (``nce_rows`` on gathered instances)."""
+"""What SeqCLR and SimCLR share: the NT-Xent loss, on one process (``seq_nce``) or with
+the negatives of every rank of a distributed run (``nce_rows`` on gathered instances), and
+the training task of two augmented views."""
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..data import Batch
 from ..ops import nce_rows, seq_nce
 from ..ops.seq_nce import NORM_EPS, pool_instances
+from ..task import Task
 
-__all__ = ["contrastive_loss"]
+__all__ = ["contrastive_loss", "two_view_task"]
 
 
 class _AllGather(torch.autograd.Function):
@@ -62,3 +65,17 @@ def contrastive_loss(frames_a, frames_b, lengths, *, mapping="window", num_windo
     twin = own.roll(m)
     losses = nce_rows(z, columns, twin, own, temperature=temperature)
     return losses.sum() * (len(counts) / sum(counts))
+
+
+def two_view_task(method, augment, batches, step_generator, device) -> Task:
+    """The pre-training task of ``method(view_a, view_b, widths)``: each step's images
+    augmented twice, drawn from ``step_generator(step)``; the Trainer's optimizer."""
+
+    def loss(model, item):
+        step, batch = item
+        batch = Batch(**batch).to(device)
+        generator = step_generator(step)
+        views = [augment(batch.images, batch.widths, generator) for _ in range(2)]
+        return model(*views, batch.widths), {}
+
+    return Task(method, batches, loss, best_metric="none", checkpoint_kind="pretrain")

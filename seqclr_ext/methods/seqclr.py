@@ -3,11 +3,13 @@ encoder f (R = V or H) -> projection head g -> instance mapping m -> contrastive
 last two fused in ``seq_nce`` (with every rank's negatives under torchrun)."""
 import torch.nn as nn
 
+from ..data.augment import make_augment
 from ..models import Recognizer, padded_to_packed
 from ..models.heads import ProjectionHead
-from .contrastive import contrastive_loss
+from ..task import Task
+from .contrastive import contrastive_loss, two_view_task
 
-__all__ = ["SeqCLR", "MAPPINGS"]
+__all__ = ["SeqCLR", "MAPPINGS", "training_task"]
 
 MAPPINGS = ("all", "window", "frame")
 
@@ -46,3 +48,13 @@ class SeqCLR(nn.Module):
 
     def encoder_state(self):
         return self.recognizer.encoder_state(self.representation)
+
+
+def training_task(config: dict, recognizer: Recognizer, batches, step_generator) -> Task:
+    """``pretrain --method seqclr``'s task: SeqCLR of the config's options over
+    ``recognizer``, its views drawn from ``step_generator(step)``."""
+    method = SeqCLR(recognizer, representation=config["representation"],
+                    head=config["head"], mapping=config["mapping"],
+                    num_windows=config["num_windows"], temperature=config["temperature"])
+    return two_view_task(method, make_augment("seqclr"), batches, step_generator,
+                         config["device"])

@@ -5,15 +5,22 @@ style positions it resembles; a light decoder renders the patch; an LSGAN discri
 judges it. Generator loss L_adv + λ·L2, discriminator and generator updated alternately."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 from .. import ops
+from ..data import Batch
+from ..data.augment import make_augment
 from ..models import Recognizer
 from ..models.siman import PatchDecoder, PatchDiscriminator
+from ..task import Task
 
-__all__ = ["SimAN", "crop_patches"]
+__all__ = ["SimAN", "crop_patches", "save_patch_grid", "training_task"]
 
 
 def _stretch(images, widths, out_width):
@@ -108,3 +115,49 @@ class SimAN(nn.Module):
     def encoder_state(self):
         return {k: v for k, v in self.recognizer.state_dict().items()
                 if k.startswith("feature_extractor.")}
+
+
+def save_patch_grid(path: Path, columns: list[torch.Tensor], rows: int = 8) -> None:
+    """A PNG of the first ``rows`` samples, one column per tensor [B, C, h, w] in [-1, 1]."""
+    cells = [c[:rows].detach().float().cpu().clamp(-1, 1) for c in columns]
+    grid = torch.cat([torch.cat(list(c), dim=-1) for c in zip(*cells)], dim=-2)   # [C, H, W]
+    pixels = ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else np.ascontiguousarray(pixels)
+                    ).save(path)
+
+
+def training_task(config: dict, recognizer: Recognizer, batches, step_generator) -> Task:
+    """``pretrain --method siman``'s task: Algorithm 1 with its own two Adams (lr decaying
+    linearly to --final-lr) and PNG grids in RUN_DIR/samples/. Its alternating generator /
+    discriminator updates do not fit the Trainer's loss (one optimizer, gradient clipping),
+    so the task brings its own ``train_step``."""
+    method = SimAN(recognizer, kernel_size=config["siman_kernel"],
+                   l2_weight=config["l2_weight"])
+    adam = lambda params: torch.optim.Adam(params, lr=config["lr"],  # noqa: E731
+                                           betas=tuple(config["adam_betas"]))
+    optimizers = {"generator": adam(method.generator_parameters()),
+                  "discriminator": adam(method.discriminator.parameters())}
+    end = config["final_lr"] / config["lr"]
+    decay = lambda step: 1 - (1 - end) * min(step, config["iterations"]) / config["iterations"]  # noqa: E731,E501
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, decay) for k, o in optimizers.items()}
+    augment = make_augment("siman")
+    device, every = config["device"], config["sample_every"]
+    samples = Path(config["run_dir"], "samples")
+
+    def train_step(item):
+        step, batch = item
+        generator = step_generator(step)
+        batch = Batch(**batch).to(device)
+        style, content, narrow = crop_patches(batch.images, batch.widths, generator)
+        augmented = augment(content, None, generator)
+        loss, scalars, recovered = method.step(style, content, augmented,
+                                               optimizers["generator"],
+                                               optimizers["discriminator"])
+        if every and (step + 1) % every == 0:
+            save_patch_grid(samples / f"step_{step + 1:07d}.png",
+                            [content, style, augmented, recovered])
+        return loss, {**scalars, "narrow_images": narrow}
+
+    return Task(method, batches, None, best_metric="none", optimizers=optimizers,
+                schedulers=schedulers, train_step=train_step, checkpoint_kind="siman")

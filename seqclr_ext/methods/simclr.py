@@ -6,9 +6,11 @@ frames of every image must line up)."""
 import torch
 import torch.nn as nn
 
-from .contrastive import contrastive_loss
+from ..data.augment import make_augment
+from ..task import Task
+from .contrastive import contrastive_loss, two_view_task
 
-__all__ = ["SimCLR"]
+__all__ = ["SimCLR", "training_task"]
 
 
 class SimCLR(nn.Module):
@@ -38,3 +40,14 @@ class SimCLR(nn.Module):
 
     def encoder_state(self):
         return self.recognizer.encoder_state(self.representation)
+
+
+def training_task(config: dict, recognizer, batches, step_generator) -> Task:
+    """``pretrain --method simclr``'s task: SimCLR of the config's options over
+    ``recognizer``, its views drawn from ``step_generator(step)``."""
+    if config["keep_ratio"]:
+        raise SystemExit("error: --method simclr needs fixed-size images (no --keep-ratio)")
+    method = SimCLR(recognizer, representation=config["representation"],
+                    temperature=config["temperature"])
+    return two_view_task(method, make_augment("simclr"), batches, step_generator,
+                         config["device"])

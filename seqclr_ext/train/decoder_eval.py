@@ -19,9 +19,10 @@ import torch.nn as nn
 from .. import checkpoints
 from ..models import Recognizer, RecognizerConfig
 from . import distributed
-from .common import (RECOGNIZER_RECIPES, RECOGNIZER_STEPS, add_model_arguments,
-                     add_trainer_arguments, make_charset, make_recognizer, seed_everything)
-from .supervised import add_data_arguments, resolve_defaults, train_recognizer
+from .options import (RECOGNIZER_RECIPES, RECOGNIZER_STEPS, add_model_arguments,
+                      add_trainer_arguments, make_charset, make_recognizer)
+from .recognizer_training import add_data_arguments, resolve_defaults, train_recognizer
+from .running import seed_everything
 
 __all__ = ["NAME", "HELP", "REQUIRED", "add_arguments", "resolve_defaults", "run",
            "run_protocol", "load_encoder"]

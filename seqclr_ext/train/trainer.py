@@ -3,7 +3,7 @@ cosine or one-cycle schedule (``make_optimizer``, ``lr_factor``), gradient clipp
 checkpoint, tqdm progress, TensorBoard + CSV metrics, SIGTERM handling, divergence stop,
 DistributedDataParallel under torchrun (see ``distributed``) and bf16 autocast.
 
-A subcommand supplies a :class:`Task` (model, batches from a given step, loss of a batch,
+A subcommand supplies a :class:`~seqclr_ext.task.Task` (model, batches from a given step, loss of a batch,
 optional validation) and a config dict; the Trainer does the rest.
 """
 from __future__ import annotations
@@ -15,10 +15,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +23,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import checkpoints
+from ..task import Task
 from . import distributed
 
-__all__ = ["Task", "Trainer", "TrainingDiverged", "rng_state", "set_rng_state",
+__all__ = ["Trainer", "TrainingDiverged", "rng_state", "set_rng_state",
            "OPTIMIZERS", "SCHEDULES", "make_optimizer", "lr_factor", "make_scheduler"]
 
 
@@ -104,35 +102,6 @@ def lr_factor(step: int, cfg: dict) -> float:
 def make_scheduler(optimizer, cfg: dict):
     """The schedule of :func:`lr_factor`, stepped once per optimizer step."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
-
-
-@dataclass
-class Task:
-    """What a subcommand trains. ``batches(step)`` yields the batches from ``step`` on (a
-    deterministic function of the step, for exact resume; under torchrun this rank's share
-    of them); ``loss(model, batch)`` returns the scalar loss and optionally more scalars to
-    log, calling ``model`` — the task's model, or its DistributedDataParallel wrapper under
-    torchrun, whose forward sets up the gradient averaging; ``validate()`` returns
-    metrics, of which ``best_metric`` (higher is better) selects ``best.pt``.
-
-    By default the Trainer makes one optimizer (+ schedule) of the config over the model's
-    parameters and does the step itself (zero_grad, backward, clipping). A task that
-    optimizes differently (SimAN's alternating generator / discriminator updates with Adam)
-    passes its own ``optimizers`` / ``schedulers`` by name (all saved and resumed) and a
-    ``train_step(batch) -> (loss, scalars)`` that does the backward passes and steps; the
-    Trainer still checks the loss, steps the schedulers, logs, validates and saves (such a
-    task runs in one process, without autocast)."""
-    model: torch.nn.Module
-    batches: Callable[[int], Iterator[Any]]
-    # loss(model, batch), model being the (DDP-wrapped) task.model; None with train_step.
-    loss: Callable[[Callable, Any], tuple[torch.Tensor, dict[str, float]]] | None
-    validate: Callable[[], dict[str, float]] | None = None
-    best_metric: str = "word_accuracy"
-    extra_state: dict = field(default_factory=dict)   # saved in every checkpoint (charset…)
-    optimizers: dict[str, torch.optim.Optimizer] | None = None
-    schedulers: dict[str, Any] | None = None
-    train_step: Callable[[Any], tuple[torch.Tensor, dict[str, float]]] | None = None
-    checkpoint_kind: str = "recognizer"   # of last.pt / best.pt (see checkpoints.KINDS)
 
 
 class _Metrics:

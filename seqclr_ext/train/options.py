@@ -1,28 +1,24 @@
-"""Options and helpers shared by the training subcommands."""
+"""The options of the training subcommands (option groups, recipes, defaults) and the
+recognizer they describe: the bottom of ``train``, which ``synthesize`` reads too."""
 from __future__ import annotations
 
 import argparse
-import os
-import random
-import signal
-import sys
-from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
 
-from torch.utils.data import DataLoader
-
-from ..data import Charset, ResumableBatchSampler
+from ..data import Charset
 from ..models import DECODER_INPUTS, PRESETS, Recognizer, RecognizerConfig
-from . import distributed
-from .plot import plot_run
-from .trainer import OPTIMIZERS, SCHEDULES, Task, Trainer, TrainingDiverged
+from .trainer import OPTIMIZERS, SCHEDULES
 
-__all__ = ["Repeat", "add_trainer_arguments", "add_model_arguments", "make_charset",
-           "make_recognizer", "seed_everything", "worker_ignore_sigterm", "resumable_loader",
-           "run_task", "SIGTERM_EXIT"]
+__all__ = ["Repeat", "add_trainer_arguments", "add_model_arguments", "apply_recipe",
+           "make_charset", "make_recognizer", "RUN_CONTROL_KEYS", "EXECUTION_KEYS"]
+
+# Options that steer one invocation and are not part of a run's saved config.
+RUN_CONTROL_KEYS = ("command", "config", "resume", "stop_after")
+# Saved options that change how a run executes, not what it computes: --resume may change
+# them (and a finished run of the default job is reused whatever they were).
+EXECUTION_KEYS = ("run_dir", "workers", "threads", "device", "progress", "tensorboard",
+                  "log_every", "save_every")
 
 HAS_CUDA = torch.cuda.is_available()
 # On a CPU, data loading in worker processes competes with torch's threads for the few
@@ -194,93 +190,3 @@ def _make_recognizer(config: dict, charset: Charset) -> Recognizer:
         resnet_layers=config["blocks"], hidden_size=config["hidden_size"],
         attention_hidden_size=config["hidden_size"],
         ctc_weight=config["ctc_weight"]))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def worker_ignore_sigterm(_worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a SIGTERM sent to the whole process group (SLURM,
-    ``kill -- -PGID``) must not kill the workers mid-step; the main process saves a
-    checkpoint and shuts them down itself."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def resumable_loader(data, collate, config: dict, step: int) -> DataLoader:
-    """The batches of ``data`` from optimizer step ``step`` on: a deterministic function of
-    (seed, step), so a resumed run reads exactly the batches an uninterrupted one would.
-    Under torchrun, this rank's slice of each (global) batch."""
-    bs = config["batch_size"]
-    sampler = ResumableBatchSampler(len(data), bs, config["seed"], start=step * bs,
-                                    rank=distributed.rank(), world_size=distributed.world_size())
-    return DataLoader(data, batch_sampler=sampler, num_workers=config["workers"],
-                      collate_fn=collate, pin_memory=config["device"].startswith("cuda"),
-                      worker_init_fn=worker_ignore_sigterm)
-
-
-def step_generator(config: dict, step: int) -> torch.Generator:
-    """The random source of step ``step``'s augmentations: a function of (seed, step) and
-    the rank, so a resumed run draws what an uninterrupted one would."""
-    seed = (config["seed"] * 1_000_003 + step) * distributed.world_size() + distributed.rank()
-    return torch.Generator(config["device"]).manual_seed(seed)
-
-
-def _saved_config(config: dict) -> dict:
-    from .cli import RUN_CONTROL_KEYS
-    return {k: v for k, v in config.items() if k not in RUN_CONTROL_KEYS}
-
-
-# What a shell reports for a process ended by SIGTERM: the run stopped early (checkpoint
-# saved), so nothing downstream (encoder.pt, test scores, the default run) may treat it
-# as finished.
-SIGTERM_EXIT = 128 + signal.SIGTERM
-
-
-def set_threads(config: dict) -> int:
-    """torch's CPU threads: --threads, or this process's share of the cores (under torchrun,
-    cores / processes) less one per DataLoader worker, at least 1. Returns the count."""
-    threads = config.get("threads")
-    if not threads:
-        cores = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        threads = max(1, cores - config["workers"])
-    torch.set_num_threads(threads)
-    return threads
-
-
-def run_task(config: dict, task: Task) -> int:
-    """Build the Trainer, resume if asked, train; returns the process exit status: 0 when
-    done or paused by --stop-after, 1 diverged, 2 refused, SIGTERM_EXIT on SIGTERM."""
-    set_threads(config)
-    run_dir = Path(config["run_dir"])
-    trainer = Trainer(task, _saved_config(config), run_dir, progress=config["progress"])
-    if config["resume"]:
-        trainer.load(trainer.last_path)
-        distributed.log(f"resumed {trainer.last_path} at step {trainer.step}")
-    elif trainer.last_path.exists():
-        print(f"error: {run_dir} already holds a run (last.pt); pass --resume to continue it "
-              "or choose another --run-dir", file=sys.stderr)
-        return 2
-    if distributed.is_main():
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(trainer.config, sort_keys=True))
-    try:
-        status = trainer.fit(config.get("stop_after"))
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if distributed.is_main() and trainer.step > 0:
-        distributed.log(f"curves: {plot_run(run_dir)}")
-    if status == "terminated":
-        distributed.log(f"SIGTERM: saved {trainer.last_path} at step {trainer.step}; "
-                        "continue with --resume")
-        return SIGTERM_EXIT
-    elif status == "paused":
-        distributed.log(f"stopped after step {trainer.step} (--stop-after); continue with --resume")
-    else:
-        best = run_dir / "best.pt"
-        note = f", best {task.best_metric} {trainer.best:.4f} in {best}" if best.exists() else ""
-        distributed.log(f"done: {trainer.step} steps; {trainer.last_path}{note}")
-    return 0
-
