@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoints
 from .checks import check_device, check_lmdb, check_range
-from .data import Batch, Charset, LmdbDataset, RecognitionCollate
+from .data import Charset, LmdbDataset, RecognitionCollate
 from .metrics import evaluate as score
 from .models import Recognizer, RecognizerConfig
 
@@ -71,8 +71,7 @@ def predict(model: Recognizer, charset: Charset, loader, device) -> tuple[list[s
     was_training = model.training
     model.eval()
     preds, labels = [], []
-    for collated in loader:
-        batch = Batch(**collated)
+    for batch in loader:
         found = iter(())
         if len(batch.images):
             inputs = batch.to(device)

@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .checks import check_device, check_range
-from .data import Batch, Charset, RecognitionCollate
+from .data import Charset, RecognitionCollate
 from .data.convert import IMAGE_SUFFIXES
 from .data.lmdb_dataset import _DECODE_ERRORS
 from .evaluate import collate_for, load_checkpoint
@@ -90,7 +90,7 @@ class TextRecognizer:
         results = []
         for start in range(0, len(images), batch_size):
             chunk = [_prepare(x, self.mode) for x in images[start:start + batch_size]]
-            batch = Batch(**self.collate([(img, "") for img in chunk])).to(self.device)
+            batch = self.collate([(img, "") for img in chunk]).to(self.device)
             out = self.model(batch.images, batch.widths)
             texts = [self.charset.decode(ids) for ids in self.model.decode(out)]
             results += zip(texts, path_confidence(self.model, out).tolist())

@@ -22,7 +22,7 @@ def images():
     rng = np.random.default_rng(0)
     font = str(FONT_ROOT / "truetype/dejavu/DejaVuSans.ttf")
     samples = [(render_sample(rng, w, font, "scene"), w) for w in WORDS]
-    return RecognitionCollate(None, width=140)(samples)["images"][:3]
+    return RecognitionCollate(None, width=140)(samples).images[:3]
 
 
 def _checkpoint(path, decoder):

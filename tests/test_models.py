@@ -400,11 +400,11 @@ def test_shortcut_carries_the_gradient_to_the_resnet(preset):
         torch.manual_seed(0)
         model = Recognizer(num_chars=len(charset), preset=preset, decoder="ctc",
                            decoder_input=decoder_input)
-        feats = model.features(batch["images"])
+        feats = model.features(batch.images)
         feats["V"].retain_grad()
         logits = model.decoder(model._decoder_frames(feats))
-        model.decoder.loss(logits, feats["lengths"], batch["targets"],
-                           batch["target_lengths"]).backward()
+        model.decoder.loss(logits, feats["lengths"], batch.targets,
+                           batch.target_lengths).backward()
         grads[decoder_input] = feats["V"].grad.norm().item()
         spread = {k: (feats[k].std(0).mean() / feats[k].abs().mean()).item() for k in "HV"}
         assert spread["H"] < spread["V"] / 3   # H: nearly the same for every image

@@ -124,7 +124,7 @@ def test_fast_recipe_learns_a_fixed_batch():
     sched = make_scheduler(opt, cfg)
     losses = []
     for _ in range(cfg["iterations"]):
-        loss = model(batch["images"], None, batch["targets"], batch["target_lengths"])["loss"]
+        loss = model(batch.images, None, batch.targets, batch.target_lengths)["loss"]
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

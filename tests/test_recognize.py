@@ -52,11 +52,11 @@ def checkpoint(words, tmp_path_factory):
     for step in range(300):
         model.train()
         opt.zero_grad()
-        model(batch["images"], None, batch["targets"], batch["target_lengths"])["loss"].backward()
+        model(batch.images, None, batch.targets, batch.target_lengths)["loss"].backward()
         opt.step()
         if step % 10 == 9:
             model.eval()
-            if [charset.decode(p) for p in model.predict(batch["images"])] == batch["labels"]:
+            if [charset.decode(p) for p in model.predict(batch.images)] == batch.labels:
                 break
     torch.set_num_threads(threads)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", model.eval(), charset)

@@ -179,6 +179,8 @@ def test_bad_options_give_one_error_line_and_no_run_folder(data, tmp_path, flags
 
 @pytest.mark.parametrize("command, flags, message", [
     ("pretrain", ["--temperature", "0"], "--temperature must be greater than 0, got 0.0"),
+    ("pretrain", ["--method", "simclr", "--keep-ratio"],
+     "--method simclr needs fixed-size images"),
     ("pretrain", ["--method", "siman", "--siman-kernel", "4"],
      "--siman-kernel must be odd and at least 1, got 4"),
     ("pretrain", ["--method", "siman", "--sample-every", "-1"],
@@ -358,13 +360,13 @@ def test_collate():
     cs = Charset("abc")
     samples = [(Image.new("L", (40, 16), 255), "ab"), (Image.new("L", (20, 16), 0), "c")]
     fixed = RecognitionCollate(cs)(samples)
-    assert fixed["images"].shape == (2, 1, 32, 100) and fixed["widths"] is None
-    assert fixed["images"].max() == 1 and fixed["images"].min() == -1
-    assert fixed["targets"].tolist() == [[0, 1], [2, 0]]  # 0-based, padded with 0
-    assert fixed["target_lengths"].tolist() == [2, 1]
+    assert fixed.images.shape == (2, 1, 32, 100) and fixed.widths is None
+    assert fixed.images.max() == 1 and fixed.images.min() == -1
+    assert fixed.targets.tolist() == [[0, 1], [2, 0]]  # 0-based, padded with 0
+    assert fixed.target_lengths.tolist() == [2, 1]
     ragged = RecognitionCollate(None, keep_ratio=True)(samples)
-    assert ragged["images"].shape == (2, 1, 32, 80) and ragged["widths"].tolist() == [80, 40]
-    assert (ragged["images"][1, :, :, 40:] == 0).all() and "targets" not in ragged
+    assert ragged.images.shape == (2, 1, 32, 80) and ragged.widths.tolist() == [80, 40]
+    assert (ragged.images[1, :, :, 40:] == 0).all() and ragged.targets is None
 
 
 def test_yaml_config_and_flag_override(tmp_path):

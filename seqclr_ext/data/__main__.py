@@ -237,7 +237,7 @@ def _augmented_strips(samples, name: str, seed: int):
     from .augment import make_augment
     from .batching import RecognitionCollate
 
-    images = RecognitionCollate(None, height=32, width=100)(samples)["images"]
+    images = RecognitionCollate(None, height=32, width=100)(samples).images
     generator = torch.Generator().manual_seed(seed)
     views = [make_augment(name)(images, None, generator) for _ in range(2)]
     strips = torch.cat([images, *views], dim=3)[:, 0]                    # [N, 32, 300]

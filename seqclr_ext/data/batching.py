@@ -19,8 +19,25 @@ __all__ = ["Batch", "RecognitionCollate", "ResumableBatchSampler", "label_subset
 MIN_WIDTH = 4  # the recognizer's narrowest input (seqclr_ext.models.MIN_WIDTH)
 
 
+class Batch(NamedTuple):
+    """What :class:`RecognitionCollate` returns (fields described there)."""
+    images: torch.Tensor
+    widths: torch.Tensor | None
+    labels: list[str]
+    readable: torch.Tensor
+    targets: torch.Tensor | None = None
+    target_lengths: torch.Tensor | None = None
+
+    def to(self, device) -> Batch:
+        """The model's inputs (images, widths, targets) on ``device``; None stays None."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return self._replace(images=move(self.images), widths=move(self.widths),
+                             targets=move(self.targets),
+                             target_lengths=move(self.target_lengths))
+
+
 class RecognitionCollate:
-    """``[(PIL image, label), ...]`` → batch dict for the Recognizer.
+    """``[(PIL image, label), ...]`` → a :class:`Batch` for the Recognizer.
 
     Images become float tensors ``(x / 255 − 0.5) / 0.5`` (DTRB). Default: resized to the
     fixed ``height × width`` (32×100, bicubic, as DTRB). ``keep_ratio``: resized to
@@ -29,7 +46,7 @@ class RecognitionCollate:
 
     Returns ``images [B, C, H, W]``, ``widths [B]`` (None when fixed-size), ``labels``
     (the strings) and, with a ``charset``, ``targets [B, L]`` (0-based charset indices,
-    padded with 0) and ``target_lengths [B]``. Evaluation samples whose image is None
+    padded with 0) and ``target_lengths [B]`` (else None). Evaluation samples whose image is None
     (unreadable: ``LmdbDataset(skip_unreadable=False)``) keep their label but have no
     image: ``readable [B]`` marks the samples that are in ``images`` / ``widths``.
     """
@@ -46,7 +63,7 @@ class RecognitionCollate:
         w = round(image.width * self.height / max(image.height, 1))
         return image.resize((min(max(w, MIN_WIDTH), self.max_width), self.height), Image.BICUBIC)
 
-    def __call__(self, samples: Sequence[tuple[Image.Image | None, str]]) -> dict:
+    def __call__(self, samples: Sequence[tuple[Image.Image | None, str]]) -> Batch:
         readable = [img is not None for img, _ in samples]
         images = [self._resize(img) for img, _ in samples if img is not None]
         labels = [label for _, label in samples]
@@ -57,34 +74,17 @@ class RecognitionCollate:
                           max(widths, default=self.width)), dtype=np.float32)
         for i, a in enumerate(arrays):
             batch[i, :, :, : a.shape[1]] = (a.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5
-        out = {"images": torch.from_numpy(batch), "labels": labels,
-               "widths": torch.tensor(widths, dtype=torch.long) if self.keep_ratio else None,
-               "readable": torch.tensor(readable)}
+        out = Batch(images=torch.from_numpy(batch), labels=labels,
+                    widths=torch.tensor(widths, dtype=torch.long) if self.keep_ratio else None,
+                    readable=torch.tensor(readable))
         if self.charset is not None:
             encoded = [self.charset.encode(label) for label in labels]
             lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
             targets = torch.zeros(len(encoded), max(1, int(lengths.max())), dtype=torch.long)
             for i, e in enumerate(encoded):
                 targets[i, : len(e)] = torch.tensor(e, dtype=torch.long)
-            out.update(targets=targets, target_lengths=lengths)
+            out = out._replace(targets=targets, target_lengths=lengths)
         return out
-
-
-class Batch(NamedTuple):
-    """A :class:`RecognitionCollate` batch: ``Batch(**collate(samples))``."""
-    images: torch.Tensor
-    widths: torch.Tensor | None
-    labels: list[str]
-    readable: torch.Tensor
-    targets: torch.Tensor | None = None
-    target_lengths: torch.Tensor | None = None
-
-    def to(self, device) -> Batch:
-        """The model's inputs (images, widths, targets) on ``device``; None stays None."""
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return self._replace(images=move(self.images), widths=move(self.widths),
-                             targets=move(self.targets),
-                             target_lengths=move(self.target_lengths))
 
 
 class ResumableBatchSampler:

@@ -5,7 +5,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..data import Batch
 from ..ops import nce_rows, seq_nce
 from ..ops.seq_nce import NORM_EPS, pool_instances
 from ..task import Task
@@ -73,7 +72,7 @@ def two_view_task(method, augment, batches, step_generator, device) -> Task:
 
     def loss(model, item):
         step, batch = item
-        batch = Batch(**batch).to(device)
+        batch = batch.to(device)
         generator = step_generator(step)
         views = [augment(batch.images, batch.widths, generator) for _ in range(2)]
         return model(*views, batch.widths), {}

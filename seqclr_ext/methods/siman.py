@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import ops
-from ..data import Batch
 from ..data.augment import make_augment
 from ..models import Recognizer
 from ..models.siman import PatchDecoder, PatchDiscriminator
@@ -148,7 +147,7 @@ def training_task(config: dict, recognizer: Recognizer, batches, step_generator)
     def train_step(item):
         step, batch = item
         generator = step_generator(step)
-        batch = Batch(**batch).to(device)
+        batch = batch.to(device)
         style, content, narrow = crop_patches(batch.images, batch.widths, generator)
         augmented = augment(content, None, generator)
         loss, scalars, recovered = method.step(style, content, augmented,

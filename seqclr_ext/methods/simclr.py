@@ -45,8 +45,6 @@ class SimCLR(nn.Module):
 def training_task(config: dict, recognizer, batches, step_generator) -> Task:
     """``pretrain --method simclr``'s task: SimCLR of the config's options over
     ``recognizer``, its views drawn from ``step_generator(step)``."""
-    if config["keep_ratio"]:
-        raise SystemExit("error: --method simclr needs fixed-size images (no --keep-ratio)")
     method = SimCLR(recognizer, representation=config["representation"],
                     temperature=config["temperature"])
     return two_view_task(method, make_augment("simclr"), batches, step_generator,

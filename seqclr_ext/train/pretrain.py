@@ -85,6 +85,8 @@ def add_arguments(p) -> None:
 def resolve_defaults(config: dict) -> None:
     """The recipe's optimization options where the command line and YAML left them unset
     (SimAN: its own lr and batch size first)."""
+    if config["method"] == "simclr" and config["keep_ratio"]:
+        raise SystemExit("error: --method simclr needs fixed-size images (no --keep-ratio)")
     if config["method"] == "siman":
         apply_recipe(config, SIMAN_RECIPES)
     apply_recipe(config, CONTRASTIVE_RECIPES)

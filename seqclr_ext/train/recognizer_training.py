@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from ..data import Batch, LmdbDataset, RecognitionCollate, load_or_make_subset
+from ..data import LmdbDataset, RecognitionCollate, load_or_make_subset
 from ..data.augment import SeqCLRAugment
 from ..evaluate import evaluate_dataset, format_table, load_checkpoint, predict
 from ..metrics import evaluate as score
@@ -116,7 +116,7 @@ def train_recognizer(config: dict, model, charset) -> int:
 
     def loss(model, item):
         step, batch = item
-        batch = Batch(**batch).to(device)
+        batch = batch.to(device)
         images = batch.images
         if config["augment"] > 0:
             generator = step_generator(config, step)
