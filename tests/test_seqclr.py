@@ -10,6 +10,7 @@ import yaml
 from seqclr_ext import checkpoints
 from seqclr_ext.data.augment import OPERATIONS, SeqCLRAugment, make_augment
 from seqclr_ext.methods import SeqCLR
+from seqclr_ext.methods.contrastive import diagnostics
 from seqclr_ext.models import HEADS, ProjectionHead, Recognizer, frames_for_width
 from seqclr_ext.ops.seq_nce import pool_instances
 from seqclr_ext.train.cli import main
@@ -108,25 +109,51 @@ def test_instances_follow_ragged_widths(mapping, representation, head):
                     num_windows=5)
     widths = torch.tensor([100, 37, 12, 64])
     images = torch.randn(4, 1, 32, 100)
-    frames, lengths = method.project(images, widths)
+    frames, lengths, _ = method.project(images, widths)
     assert lengths.tolist() == [frames_for_width(int(w)) for w in widths]
     assert frames.shape[0] == int(lengths.sum())
     per_image = {"all": 1, "window": 5, "frame": None}[mapping]
     instances = pool_instances(frames, lengths, mapping, 5)
     assert instances.shape[0] == (int(lengths.sum()) if per_image is None else 4 * per_image)
-    loss = method(images, images.flip(0), widths[[0, 0, 0, 0]])
+    loss, _ = method(images, images.flip(0), widths[[0, 0, 0, 0]])
     assert torch.isfinite(loss)
 
 
 def test_loss_reaches_every_encoder_module():
     method = SeqCLR(Recognizer(preset="small", decoder="ctc"), head="bilstm")
     images = torch.randn(4, 1, 32, 100)
-    method(images, images + 0.1 * torch.randn_like(images)).backward()
+    method(images, images + 0.1 * torch.randn_like(images))[0].backward()
     for name in ("transformation", "feature_extractor", "sequence_model"):
         grads = [p.grad for p in getattr(method.recognizer, name).parameters()]
         assert any(g is not None and g.abs().sum() > 0 for g in grads), name
     assert sorted({k.split(".")[0] for k in method.encoder_state()}) == [
         "feature_extractor", "sequence_model", "transformation"]
+
+
+def test_diagnostics_measure_retrieval_collapse_and_per_frame_variance():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([4, 8, 4])
+    image = torch.repeat_interleave(torch.arange(3), lengths)
+    # Each image's frames run through 4 sign patterns whose sum is 0 and whose outer
+    # products sum to 4·I, along 3 orthonormal directions: R's covariance has 3 equal
+    # eigenvalues (effective rank 3) and every image mean is 0 (all variance within).
+    basis = torch.linalg.qr(torch.randn(16, 3, generator=g))[0].T        # [3, 16]
+    signs = torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]] * 4,
+                         dtype=torch.float)
+    rows = signs @ basis
+    spread = torch.randn(5, 8, generator=g)
+    d = diagnostics(rows, lengths, spread, spread + 1e-3 * torch.randn(5, 8, generator=g))
+    assert d["retrieval"] == 1 and d["chance_loss"] == pytest.approx(torch.log(torch.tensor(9.)))
+    assert d["rep_rank"] == pytest.approx(3, rel=1e-4)
+    assert d["rep_within"] == pytest.approx(1, abs=1e-5)
+    # Frames constant along each image: nothing within; a collapsed instance set: std 0
+    # and no retrieval better than ties allow.
+    constant = torch.randn(3, 16, generator=g)[image]
+    point = torch.ones(5, 8)
+    d = diagnostics(constant, lengths, point, point)
+    assert d["rep_within"] == pytest.approx(0, abs=1e-6)
+    assert d["instance_std"] == pytest.approx(0, abs=1e-6)
+    assert 1 < d["rep_rank"] <= 2 + 1e-4      # 3 centered image means span 2 directions
 
 
 # --------------------------------------------------------------------------- CLI
@@ -152,6 +179,11 @@ def test_pretrain_resume_is_exact(lmdb, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    # The diagnostics are logged with the loss (--log-every 1: every step) and plotted.
+    tags = [line.split(",")[2] for line in (tmp_path / "full" / "metrics.csv").open()][1:]
+    for tag in ("chance_loss", "retrieval", "instance_std", "rep_rank", "rep_within"):
+        assert tags.count(f"train/{tag}") == 4, tag
+    assert (tmp_path / "full" / "curves.png").is_file()
 
 
 def test_decoder_eval_freezes_the_pretrained_encoder(lmdb, tmp_path, capsys):

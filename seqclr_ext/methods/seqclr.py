@@ -6,8 +6,9 @@ import torch.nn as nn
 from ..data.augment import make_augment
 from ..models import Recognizer, padded_to_packed
 from ..models.heads import ProjectionHead
+from ..ops.seq_nce import pool_instances
 from ..task import Task
-from .contrastive import contrastive_loss, two_view_task
+from .contrastive import contrastive_loss, diagnostics, two_view_task
 
 __all__ = ["SeqCLR", "MAPPINGS", "training_task"]
 
@@ -15,8 +16,8 @@ MAPPINGS = ("all", "window", "frame")
 
 
 class SeqCLR(nn.Module):
-    """``forward(view_a, view_b, widths)`` -> the loss; images [B, C, H, W] of the two views
-    (same widths).
+    """``forward(view_a, view_b, widths)`` -> (the loss, ``contrastive.diagnostics``);
+    images [B, C, H, W] of the two views (same widths).
 
     The recognizer's decoder is not used; ``encoder_state()`` returns the weights that the
     decoder-evaluation and fine-tuning protocols load."""
@@ -36,15 +37,19 @@ class SeqCLR(nn.Module):
         self.mapping, self.num_windows, self.temperature = mapping, num_windows, temperature
 
     def project(self, images, widths=None):
-        """images -> (packed projected frames [sum T_i, F'], lengths [B])."""
+        """images -> (packed projected frames [sum T_i, F'], lengths [B], packed R frames)."""
         frames, lengths = self.recognizer.encode(images, widths, self.representation)
-        return padded_to_packed(self.head(frames, lengths), lengths), lengths
+        return (padded_to_packed(self.head(frames, lengths), lengths), lengths,
+                padded_to_packed(frames, lengths))
 
     def forward(self, view_a, view_b, widths=None):
-        frames_a, lengths = self.project(view_a, widths)
-        frames_b, _ = self.project(view_b, widths)
-        return contrastive_loss(frames_a, frames_b, lengths, mapping=self.mapping,
+        frames_a, lengths, representation = self.project(view_a, widths)
+        frames_b, _, _ = self.project(view_b, widths)
+        loss = contrastive_loss(frames_a, frames_b, lengths, mapping=self.mapping,
                                 num_windows=self.num_windows, temperature=self.temperature)
+        instances = [pool_instances(f.detach(), lengths, self.mapping, self.num_windows)
+                     for f in (frames_a, frames_b)]
+        return loss, diagnostics(representation.detach(), lengths, *instances)
 
     def encoder_state(self):
         return self.recognizer.encoder_state(self.representation)

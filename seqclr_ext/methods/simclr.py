@@ -8,7 +8,8 @@ import torch.nn as nn
 
 from ..data.augment import make_augment
 from ..task import Task
-from .contrastive import contrastive_loss, two_view_task
+from ..models import padded_to_packed
+from .contrastive import contrastive_loss, diagnostics, two_view_task
 
 __all__ = ["SimCLR", "training_task"]
 
@@ -27,16 +28,20 @@ class SimCLR(nn.Module):
                                   nn.Linear(head_hidden, head_output))
 
     def project(self, images):
-        frames, _ = self.recognizer.encode(images, None, self.representation)
-        return self.head(frames.flatten(1))
+        """images -> (instances [B, head_output], R frames [B, T, D], lengths [B])."""
+        frames, lengths = self.recognizer.encode(images, None, self.representation)
+        return self.head(frames.flatten(1)), frames, lengths
 
     def forward(self, view_a, view_b, widths=None):
-        """The loss of two views [B, C, H, W] of the same images."""
+        """(The loss, ``contrastive.diagnostics``) of two views [B, C, H, W] of the same
+        images."""
         if widths is not None:
             raise ValueError("SimCLR needs fixed-size images (no --keep-ratio)")
-        z_a, z_b = self.project(view_a), self.project(view_b)
+        (z_a, frames, lengths), (z_b, _, _) = self.project(view_a), self.project(view_b)
         ones = torch.ones(z_a.shape[0], dtype=torch.long, device=z_a.device)
-        return contrastive_loss(z_a, z_b, ones, mapping="frame", temperature=self.temperature)
+        loss = contrastive_loss(z_a, z_b, ones, mapping="frame", temperature=self.temperature)
+        return loss, diagnostics(padded_to_packed(frames.detach(), lengths), lengths,
+                                 z_a.detach(), z_b.detach())
 
     def encoder_state(self):
         return self.recognizer.encoder_state(self.representation)

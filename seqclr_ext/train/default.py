@@ -5,8 +5,11 @@ makes a better recognizer from few labels (SeqCLR Table 2's semi-supervised sett
 1. renders the built-in data (scene-like by default) into DATA_DIR (reused when present):
    training images, a validation set (training fonts, another seed) and a test set
    (held-out fonts and words),
-2. pre-trains the recognizer's encoder with SeqCLR (window-to-instance, BiLSTM head) on all
-   the training images without their labels,
+2. pre-trains the recognizer's encoder with SeqCLR on all the training images without
+   their labels — frame-to-instance on the visual features (R = V) with no projection
+   head: at this size the paper's window-to-instance with a BiLSTM head collapses the
+   ResNet's features to a few directions that vary little along the word, which then
+   slowed fine-tuning (python/RESULTS.md, 2026-12-03 "dimensional collapse"),
 3. trains a recognizer on ``--label-fraction`` of the labels twice — from scratch
    (supervised) and from the SeqCLR encoder (fine-tuning) — with the same labelled subset
    and the same number of steps,
@@ -46,7 +49,7 @@ METRICS = {"word accuracy": "word_accuracy", "ED1 accuracy": "ed1_accuracy", "CE
 def run(config: dict) -> int:
     data = built_in_data(config)
     root = Path(config["run_dir"])
-    encoder = run_once(["pretrain", "--train", str(data.train),
+    encoder = run_once(["pretrain", "--train", str(data.train), *PRETRAINING,
                         "--iterations", str(config["pretrain_steps"]), *run_flags(config)],
                        root / "pretrain-seqclr", "encoder.pt")
     labels = ["--label-fraction", str(config["label_fraction"])]
@@ -73,13 +76,19 @@ def run(config: dict) -> int:
           f"scores on {data.test} (fonts and words held out from training):\n")
     print(markdown_table(["recognizer", *METRICS], rows))
     print(f"\n- supervised: trained from random initialization on the labelled images only.\n"
-          f"- SeqCLR fine-tuned: its encoder first pre-trained with SeqCLR for "
-          f"{config['pretrain_steps']} steps on all {config['num_train']} training images "
-          f"without labels ({encoder}), then trained end to end on the same labelled images.\n"
+          f"- SeqCLR fine-tuned: its TPS and ResNet first pre-trained with SeqCLR "
+          f"({' '.join(PRETRAINING)}) for {config['pretrain_steps']} steps on all "
+          f"{config['num_train']} training images without labels ({encoder}), then trained "
+          f"end to end on the same labelled images.\n"
           f"Runs, checkpoints and curves: {root}/. The paper's sizes (a GPU): "
           f"{shlex.join(PAPER_SIZE)}")
     return 0
 
+
+# SeqCLR's options here (pretrain's defaults are the paper's: R = H, BiLSTM head, windows):
+# the contrastive loss on each visual frame keeps the ResNet's features per frame and of
+# high rank (effective rank 27 of 128 against 5 with the paper's setting after 300 steps).
+PRETRAINING = ["--representation", "V", "--head", "none", "--mapping", "frame"]
 
 # The same experiment at the paper's sizes (SeqCLR Appendix D: paper preset, long runs).
 PAPER_SIZE = ["python", "-m", "seqclr_ext.train", "default", "--preset", "paper",

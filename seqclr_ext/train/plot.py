@@ -1,6 +1,7 @@
 """``plot RUN_DIR``: the training curves of a run — training loss and, when the run
-validated, validation word accuracy against the step — drawn from RUN_DIR/metrics.csv into
-RUN_DIR/curves.png. Every training run draws it when it stops."""
+validated, validation word accuracy against the step; for contrastive pre-training the
+loss's chance level and the diagnostics of ``methods.contrastive.diagnostics`` — drawn from
+RUN_DIR/metrics.csv into RUN_DIR/curves.png. Every training run draws it when it stops."""
 from __future__ import annotations
 
 import csv
@@ -37,15 +38,35 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     series = read_metrics(run_dir)
     out = Path(out) if out else Path(run_dir, "curves.png")
     val = {tag: points for tag, points in series.items() if tag.startswith("val/")}
-    fig, axes = plt.subplots(1, 1 + bool(val), figsize=(6.4 * (1 + bool(val)), 4.0),
-                             squeeze=False)
+    contrastive = "train/rep_rank" in series
+    panels = 1 + bool(val) + contrastive
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.0), squeeze=False)
     try:
         loss = series.get("train/loss", [])
         ax = axes[0][0]
-        ax.plot([s for s, _, _ in loss], [v for _, _, v in loss])
+        ax.plot([s for s, _, _ in loss], [v for _, _, v in loss], label="loss")
+        if contrastive:
+            chance = series["train/chance_loss"]
+            ax.plot([s for s, _, _ in chance], [v for _, _, v in chance], "--",
+                    label="chance: log(2M - 1)")
+            ax.legend()
         ax.set(xlabel="step", ylabel="training loss", title=f"{Path(run_dir).name}: loss")
         if loss and min(v for _, _, v in loss) > 0:
             ax.set_yscale("log")
+        if contrastive:
+            ax = axes[0][-1]
+            for tag in ("retrieval", "instance_std", "rep_within"):
+                points = series.get(f"train/{tag}", [])
+                ax.plot([s for s, _, _ in points], [v for _, _, v in points], label=tag)
+            ax.set(xlabel="step", ylabel="share / std", ylim=(0, 1.05),
+                   title=f"{Path(run_dir).name}: diagnostics")
+            ax.legend(loc="upper left")
+            rank = ax.twinx()
+            points = series["train/rep_rank"]
+            rank.plot([s for s, _, _ in points], [v for _, _, v in points], "k:",
+                      label="rep_rank")
+            rank.set(ylabel="effective rank of R", ylim=(0, None))
+            rank.legend(loc="upper right")
         if val:
             ax = axes[0][1]
             for tag in ("val/word_accuracy", "val/ed1_accuracy"):
