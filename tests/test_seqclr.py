@@ -10,7 +10,8 @@ import yaml
 from seqclr_ext import checkpoints
 from seqclr_ext.data.augment import OPERATIONS, SeqCLRAugment, make_augment
 from seqclr_ext.methods import SeqCLR
-from seqclr_ext.methods.contrastive import diagnostics
+from seqclr_ext.data import Batch
+from seqclr_ext.methods.contrastive import diagnostics, two_view_task
 from seqclr_ext.models import HEADS, ProjectionHead, Recognizer, frames_for_width
 from seqclr_ext.ops.seq_nce import pool_instances
 from seqclr_ext.train.cli import main
@@ -184,6 +185,22 @@ def test_pretrain_resume_is_exact(lmdb, tmp_path):
     for tag in ("chance_loss", "retrieval", "instance_std", "rep_rank", "rep_within"):
         assert tags.count(f"train/{tag}") == 4, tag
     assert (tmp_path / "full" / "curves.png").is_file()
+
+
+def test_diagnostics_are_computed_only_on_logged_steps():
+    asked = []
+
+    def method(view_a, view_b, widths, diagnose):
+        asked.append(diagnose)
+        return view_a.sum(), {}
+
+    batch = Batch(images=torch.zeros(2, 1, 32, 100), widths=None, labels=["a", "b"],
+                  readable=torch.ones(2, dtype=torch.bool))
+    task = two_view_task(method, make_augment("none"), None, lambda step: None, "cpu",
+                         log_every=2)
+    for step in range(4):   # the Trainer logs after steps 2 and 4 (items 1 and 3)
+        task.loss(method, (step, batch))
+    assert asked == [False, True, False, True]
 
 
 def test_decoder_eval_freezes_the_pretrained_encoder(lmdb, tmp_path, capsys):

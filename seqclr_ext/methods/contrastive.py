@@ -113,16 +113,17 @@ def diagnostics(representation, lengths, instances_a, instances_b) -> dict[str, 
             "rep_within": within}
 
 
-def two_view_task(method, augment, batches, step_generator, device) -> Task:
-    """The pre-training task of ``method(view_a, view_b, widths) -> (loss, diagnostics)``:
-    each step's images augmented twice, drawn from ``step_generator(step)``; the Trainer's
-    optimizer; the diagnostics logged with the loss."""
+def two_view_task(method, augment, batches, step_generator, device, log_every) -> Task:
+    """The pre-training task of ``method(view_a, view_b, widths, diagnose) -> (loss,
+    diagnostics or {})``: each step's images augmented twice, drawn from
+    ``step_generator(step)``; the Trainer's optimizer; the diagnostics computed only on the
+    steps the Trainer logs (every ``log_every``), beside the loss."""
 
     def loss(model, item):
         step, batch = item
         batch = batch.to(device)
         generator = step_generator(step)
         views = [augment(batch.images, batch.widths, generator) for _ in range(2)]
-        return model(*views, batch.widths)
+        return model(*views, batch.widths, diagnose=(step + 1) % log_every == 0)
 
     return Task(method, batches, loss, best_metric="none", checkpoint_kind="pretrain")

@@ -16,8 +16,9 @@ MAPPINGS = ("all", "window", "frame")
 
 
 class SeqCLR(nn.Module):
-    """``forward(view_a, view_b, widths)`` -> (the loss, ``contrastive.diagnostics``);
-    images [B, C, H, W] of the two views (same widths).
+    """``forward(view_a, view_b, widths, diagnose=True)`` -> (the loss,
+    ``contrastive.diagnostics`` or {} when not ``diagnose``); images [B, C, H, W] of the two
+    views (same widths).
 
     The recognizer's decoder is not used; ``encoder_state()`` returns the weights that the
     decoder-evaluation and fine-tuning protocols load."""
@@ -42,11 +43,13 @@ class SeqCLR(nn.Module):
         return (padded_to_packed(self.head(frames, lengths), lengths), lengths,
                 padded_to_packed(frames, lengths))
 
-    def forward(self, view_a, view_b, widths=None):
+    def forward(self, view_a, view_b, widths=None, diagnose=True):
         frames_a, lengths, representation = self.project(view_a, widths)
         frames_b, _, _ = self.project(view_b, widths)
         loss = contrastive_loss(frames_a, frames_b, lengths, mapping=self.mapping,
                                 num_windows=self.num_windows, temperature=self.temperature)
+        if not diagnose:
+            return loss, {}
         instances = [pool_instances(f.detach(), lengths, self.mapping, self.num_windows)
                      for f in (frames_a, frames_b)]
         return loss, diagnostics(representation.detach(), lengths, *instances)
@@ -62,4 +65,4 @@ def training_task(config: dict, recognizer: Recognizer, batches, step_generator)
                     head=config["head"], mapping=config["mapping"],
                     num_windows=config["num_windows"], temperature=config["temperature"])
     return two_view_task(method, make_augment("seqclr"), batches, step_generator,
-                         config["device"])
+                         config["device"], config["log_every"])

@@ -32,14 +32,16 @@ class SimCLR(nn.Module):
         frames, lengths = self.recognizer.encode(images, None, self.representation)
         return self.head(frames.flatten(1)), frames, lengths
 
-    def forward(self, view_a, view_b, widths=None):
-        """(The loss, ``contrastive.diagnostics``) of two views [B, C, H, W] of the same
-        images."""
+    def forward(self, view_a, view_b, widths=None, diagnose=True):
+        """(The loss, ``contrastive.diagnostics`` or {} when not ``diagnose``) of two views
+        [B, C, H, W] of the same images."""
         if widths is not None:
             raise ValueError("SimCLR needs fixed-size images (no --keep-ratio)")
         (z_a, frames, lengths), (z_b, _, _) = self.project(view_a), self.project(view_b)
         ones = torch.ones(z_a.shape[0], dtype=torch.long, device=z_a.device)
         loss = contrastive_loss(z_a, z_b, ones, mapping="frame", temperature=self.temperature)
+        if not diagnose:
+            return loss, {}
         return loss, diagnostics(padded_to_packed(frames.detach(), lengths), lengths,
                                  z_a.detach(), z_b.detach())
 
@@ -53,4 +55,4 @@ def training_task(config: dict, recognizer, batches, step_generator) -> Task:
     method = SimCLR(recognizer, representation=config["representation"],
                     temperature=config["temperature"])
     return two_view_task(method, make_augment("simclr"), batches, step_generator,
-                         config["device"])
+                         config["device"], config["log_every"])
