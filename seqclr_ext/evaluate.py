@@ -39,9 +39,9 @@ def resolve_checkpoint(path):
         return path
     if not BUILTIN_CHECKPOINT.is_file():
         raise FileNotFoundError(
-            f"checkpoint 'builtin': the built-in model is not shipped yet (no "
-            f"{BUILTIN_CHECKPOINT}); pass a checkpoint of your own (best.pt / last.pt of a "
-            f"training run)")
+            f"checkpoint 'builtin': the built-in model's file is missing ({BUILTIN_CHECKPOINT}; "
+            f"reinstall seqclr_ext, or see python/builtin_model.py to train it); or pass a "
+            f"checkpoint of your own (best.pt / last.pt of a training run)")
     return BUILTIN_CHECKPOINT
 
 

@@ -178,3 +178,31 @@ def test_convergence(tmp_path, subprocess_env):
         config = (runs / f"{style}-{recipe}-{DECODERS[decoder]}" / "config.yaml").read_text()
         assert f"recipe: {recipe}" in config
     _check_png(runs / "convergence.png")
+
+
+def test_builtin_model(tmp_path, subprocess_env):
+    out = tmp_path / "builtin.pt"
+    proc = _drive("builtin_model.py", tmp_path, subprocess_env, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    runs = tmp_path / "runs"
+    header, rows = _table(runs / "builtin.md")
+    assert header == ["test set (held-out fonts)", "images", "word accuracy (%)",
+                      "ED1 accuracy (%)", "CER (%)"]
+    scores = json.loads((runs / "supervised" / "test_metrics.json").read_text())
+    assert [r[0] for r in rows] == ["scene-test", "hand-test"]
+    for (name, images, acc, ed1, cer), (path, m) in zip(rows, scores.items()):
+        assert Path(path).name.startswith(name)
+        assert [images, acc, ed1, cer] == [str(m["samples"]), *(_percent(m[k]) for k in
+                                           ("word_accuracy", "ed1_accuracy", "cer"))]
+    # One recognizer of both styles' training images, every printable symbol.
+    config = (runs / "supervised" / "config.yaml").read_text()
+    assert "scene-train-200.lmdb" in config and "hand-train-200.lmdb" in config
+    # The written model is the run's final one, without the training state.
+    model = checkpoints.load(out, "recognizer")
+    last = checkpoints.load(runs / "supervised" / "last.pt", "recognizer")
+    assert set(model) == {"model", "model_config", "charset", "config", "step"}
+    assert model["step"] == last["step"] == 5
+    import torch
+    assert all(torch.equal(v, last["model"][k]) for k, v in model["model"].items())
+    from seqclr_ext.data import Charset
+    assert model["charset"]["symbols"] == Charset.printable().symbols

@@ -74,5 +74,5 @@ def test_supervised_init_end_to_end(source, word_lmdb, tmp_path, capsys, monkeyp
     assert ckpt["model_config"]["resnet_output_channel"] == 32
 
     monkeypatch.setattr(evaluate, "BUILTIN_CHECKPOINT", tmp_path / "builtin.pt")
-    with pytest.raises(SystemExit, match="--init checkpoint 'builtin': .*not shipped yet"):
+    with pytest.raises(SystemExit, match="--init checkpoint 'builtin': .*file is missing"):
         init_from_checkpoint("builtin", Charset.alphanumeric(), "ctc", 25, 0.0)
